@@ -1,0 +1,166 @@
+"""The steps a plan is made of: plain data, executed in order by ``hacontrol.agent.execute``.
+
+The executor runs a plan's actions one after another and stops at the first
+that fails; whatever it did is observed on the next tick. Actions whose
+``needs_lease`` is true are refused by the executor once the plan's
+``lease_valid_until`` has passed, so a slow step (power fencing can take many
+seconds) never leads to promoting on a lease that expired meanwhile.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import ClassVar
+
+from hacontrol.core.model import AluaState, Role
+
+
+class FenceMode(Enum):
+    """How hard to fence.
+
+    PLANNED: the peer handed over cooperatively; take its disk keys away
+    (persistent-reservation preempt) but never power it off.
+    UNPLANNED: the peer vanished; run every configured method in order.
+    """
+
+    PLANNED = "planned"
+    UNPLANNED = "unplanned"
+
+
+@dataclass(frozen=True)
+class Action:
+    lease_bound: ClassVar[bool] = False
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    @property
+    def needs_lease(self) -> bool:
+        return self.lease_bound
+
+
+@dataclass(frozen=True)
+class ClaimLeadership(Action):
+    """Create the leader znode and advance the epoch counter from ``expected_epoch``, atomically."""
+
+    expected_epoch: int
+
+
+@dataclass(frozen=True)
+class ReleaseLeadership(Action):
+    """Delete the leader znode if our session owns it (planned hand-off only)."""
+
+    epoch: int
+
+
+@dataclass(frozen=True)
+class FencePeer(Action):
+    """Make the peer unable to write the shared disks under any epoch older than ``epoch``.
+
+    With persistent reservations: register our key for ``epoch``, preempt
+    every other key, hold the reservation, and read the keys back.
+    """
+
+    lease_bound: ClassVar[bool] = True
+    epoch: int
+    mode: FenceMode
+
+
+@dataclass(frozen=True)
+class RegisterStandby(Action):
+    """Register our key for ``epoch`` on the shared disks without reserving or preempting."""
+
+    epoch: int
+
+
+@dataclass(frozen=True)
+class SetAlua(Action):
+    """Set the ALUA state of our own port group and of the peer's group as this controller presents it."""
+
+    own: AluaState
+    peer: AluaState
+
+    @property
+    def needs_lease(self) -> bool:
+        # Making our own ports accept I/O is promotion; anything else is a report or a step down.
+        return self.own.accepts_io
+
+
+@dataclass(frozen=True)
+class AddVips(Action):
+    """Claim the virtual addresses (duplicate-address check first) and announce them."""
+
+    lease_bound: ClassVar[bool] = True
+    addresses: frozenset[str]
+
+
+@dataclass(frozen=True)
+class RemoveVips(Action):
+    """Cut the iSCSI connections on these addresses, then remove them."""
+
+    addresses: frozenset[str]
+
+
+@dataclass(frozen=True)
+class AdoptPeerPorts(Action):
+    """Bring up the (fenced) peer's portal addresses and present its target port here, active."""
+
+    lease_bound: ClassVar[bool] = True
+    epoch: int
+
+
+@dataclass(frozen=True)
+class ReleasePeerPorts(Action):
+    """Hand the peer's portal addresses and target port back: Transitioning, cut, remove."""
+
+
+@dataclass(frozen=True)
+class BringUpOwnPorts(Action):
+    """Add this controller's own portal addresses (the peer does not host them)."""
+
+
+@dataclass(frozen=True)
+class ArmWatchdog(Action):
+    """Open the watchdog before acting as active; it resets the node if the agent stops kicking."""
+
+
+@dataclass(frozen=True)
+class KickWatchdog(Action):
+    lease_bound: ClassVar[bool] = True
+
+
+@dataclass(frozen=True)
+class DisarmWatchdog(Action):
+    pass
+
+
+@dataclass(frozen=True)
+class Publish(Action):
+    """Write our member znode so the peer and operators see what we do."""
+
+    role: Role
+    own_alua: AluaState | None
+    vips: frozenset[str]
+    ready: bool
+    epoch_seen: int
+    handed_off: str | None = None
+    hosts_peer_ports: bool = False
+    maintenance_seen: bool = False
+
+
+@dataclass(frozen=True)
+class FinishSwitchover(Action):
+    """Mark a switchover intent done (by the new active) or refused (by the current one)."""
+
+    intent_id: str
+    outcome: str  # done | refused
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class KeyLost(Action):
+    """Our reservation key vanished while we served: follow the configured policy (standby or reboot)."""
+
+    policy: str

@@ -1,0 +1,437 @@
+"""``decide``: the only place where hacontrol decides a failover.
+
+``decide(observation, now, timing)`` returns a :class:`Plan`: an ordered tuple
+of actions and a :class:`Reason`. Its consumer is ``hacontrol.agent.loop``,
+which hands the plan to ``hacontrol.agent.execute`` (ordered, stop on first
+failure) and observes the result on the next tick.
+
+The rules, each a test in ``tests/unit``:
+
+1. Epoch before everything: only the owner of the leader znode, under the
+   current epoch, with a lease confirmed less than ``demote_deadline_s`` ago,
+   takes any step that lets it accept I/O.
+2. Fence before promote: FencePeer comes before any promoting step in a plan,
+   and the executor stops at the first failure.
+3. SUSPENDED means "I may not hold the lease": nothing new starts while the
+   session is suspended, and the lease runs out on the local deadline.
+4. Never cause PDL: a standby sets Standby/Transitioning, it never unmaps.
+5. Maintenance freezes automation, never the lease rule; the frozen steps are
+   reported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from enum import Enum
+
+from hacontrol.core.actions import (
+    Action,
+    AddVips,
+    AdoptPeerPorts,
+    ArmWatchdog,
+    BringUpOwnPorts,
+    ClaimLeadership,
+    DisarmWatchdog,
+    FenceMode,
+    FencePeer,
+    FinishSwitchover,
+    KeyLost,
+    KickWatchdog,
+    Publish,
+    RegisterStandby,
+    ReleaseLeadership,
+    ReleasePeerPorts,
+    RemoveVips,
+    SetAlua,
+)
+from hacontrol.core.model import AluaState, Observation, PeerReport, Role, SessionState
+from hacontrol.core.timing import Timing
+
+AO = AluaState.ACTIVE_OPTIMIZED
+STANDBY = AluaState.STANDBY
+TRANSITIONING = AluaState.TRANSITIONING
+
+
+class Reason(Enum):
+    """Why a plan is what it is. Stable names: logs, metrics and tests use them."""
+
+    # stepping down (safety: these run even in maintenance mode)
+    NO_SESSION = "no_session"
+    LEASE_EXPIRED = "lease_expired"
+    SUPERSEDED = "superseded"
+    KEY_LOST = "key_lost"
+    UNFENCED_SERVING = "unfenced_serving"
+    # holding
+    SUSPENDED_HOLDING = "suspended_holding"
+    # standby
+    STANDBY = "standby"
+    ALIGNING = "aligning"
+    NOT_READY = "not_ready"
+    WAITING_FOR_SWITCHOVER = "waiting_for_switchover"
+    CLAIMING = "claiming"
+    # leader
+    FENCING = "fencing"
+    FENCE_BACKOFF = "fence_backoff"
+    PROMOTING = "promoting"
+    ACTIVE = "active"
+    HANDING_OFF = "handing_off"
+    SWITCHOVER_REFUSED = "switchover_refused"
+    # operator
+    MAINTENANCE = "maintenance"
+
+
+SAFETY_REASONS = frozenset(
+    {Reason.NO_SESSION, Reason.LEASE_EXPIRED, Reason.SUPERSEDED, Reason.KEY_LOST, Reason.UNFENCED_SERVING}
+)
+
+
+class Blocker(Enum):
+    """Why this agent could not take over automatically if the active failed right now."""
+
+    NO_QUORUM = "zookeeper session not connected"
+    MAINTENANCE = "maintenance mode is on"
+    STORAGE_NOT_VISIBLE = "shared disks not visible on this controller"
+    NOT_CONFIGURED = "target configuration not applied on this controller"
+    FENCING_NOT_CONFIGURED = "no fencing method configured for the peer"
+    SWITCHOVER_PENDING = "a switchover to the peer is pending"
+
+
+@dataclass(frozen=True)
+class Plan:
+    reason: Reason
+    role: Role
+    actions: tuple[Action, ...] = ()
+    lease_valid_until: float | None = None
+    frozen: tuple[Action, ...] = ()  # what maintenance mode kept from running
+    blockers: tuple[Blocker, ...] = ()
+
+
+def decide(obs: Observation, now: float, timing: Timing) -> Plan:
+    """Return the next plan for this agent. Pure: same inputs, same plan."""
+    plan = _decide(obs, now, timing)
+    maintenance = obs.coord.maintenance.enabled
+    if maintenance and plan.reason not in SAFETY_REASONS:
+        kept = tuple(a for a in plan.actions if isinstance(a, KickWatchdog | Publish))
+        frozen = tuple(a for a in plan.actions if a not in kept)
+        if frozen:
+            plan = replace(plan, reason=Reason.MAINTENANCE, actions=kept, frozen=frozen)
+    plan = replace(plan, blockers=failover_blockers(obs))
+    return _with_publish(plan, obs)
+
+
+def lease_valid_until(obs: Observation, timing: Timing) -> float | None:
+    """End of our lease on the active role, or None if we do not hold it at all."""
+    c = obs.coord
+    if c.session is SessionState.LOST or c.lease_confirmed_at is None or c.leader is None:
+        return None
+    if not (c.leader.ours and c.leader.node == obs.node and c.leader.epoch == c.epoch):
+        return None
+    return c.lease_confirmed_at + timing.demote_deadline_s
+
+
+def _decide(obs: Observation, now: float, timing: Timing) -> Plan:
+    until = lease_valid_until(obs, timing)
+    if until is None or now >= until:
+        return _not_leading(obs, now, timing, until)
+    if obs.coord.session is not SessionState.CONNECTED:
+        # Suspended within the deadline: keep what we have, start nothing, no kicks.
+        return Plan(Reason.SUSPENDED_HOLDING, _leader_role(obs), (), until)
+    return _leading(obs, now, timing, until)
+
+
+# --- not the (valid) leader ------------------------------------------------------------------
+
+
+def _not_leading(obs: Observation, now: float, timing: Timing, until: float | None) -> Plan:
+    if obs.datapath.serving:
+        return _step_down_plan(obs, _step_down_reason(obs, until))
+    actions: list[Action] = []
+    if obs.watchdog_armed:
+        actions.append(DisarmWatchdog())
+    c = obs.coord
+    if c.session is not SessionState.CONNECTED:
+        return Plan(Reason.NO_SESSION, Role.STARTING if c.lease_confirmed_at is None else Role.STANDBY,
+                    tuple(actions))
+    actions.extend(_standby_alignment(obs))
+    aligning = bool(actions)
+    actions.extend(_standby_registration(obs, now, timing))
+    if c.leader is not None:
+        return Plan(Reason.ALIGNING if aligning else Reason.STANDBY, Role.STANDBY, tuple(actions))
+    return _maybe_claim(obs, now, tuple(actions))
+
+
+def _step_down_reason(obs: Observation, until: float | None) -> Reason:
+    c = obs.coord
+    if c.session is SessionState.LOST or c.lease_confirmed_at is None:
+        return Reason.NO_SESSION
+    if until is not None:
+        return Reason.LEASE_EXPIRED
+    return Reason.SUPERSEDED
+
+
+def _step_down_actions(obs: Observation, own: AluaState) -> list[Action]:
+    """Stop accepting I/O here: refuse at the target first, then cut and remove addresses."""
+    d = obs.datapath
+    actions: list[Action] = []
+    if obs.spec.alua and d.own_group is not None and d.own_group != own:
+        actions.append(SetAlua(own=own, peer=STANDBY))
+    if d.vips:
+        actions.append(RemoveVips(d.vips))
+    if d.peer_ports_hosted:
+        actions.append(ReleasePeerPorts())
+    return actions
+
+
+def _step_down_plan(obs: Observation, reason: Reason) -> Plan:
+    actions = _step_down_actions(obs, STANDBY)
+    if reason is Reason.KEY_LOST:
+        actions.append(KeyLost(obs.spec.on_key_lost))
+    if obs.watchdog_armed:
+        actions.append(DisarmWatchdog())  # only reached if every step above succeeded
+    return Plan(reason, Role.DEMOTING, tuple(actions))
+
+
+def _mirror(peer: PeerReport | None, leader_is_peer: bool) -> AluaState:
+    if peer is None or not leader_is_peer or peer.own_alua is None:
+        return STANDBY
+    return peer.own_alua if peer.own_alua in (AO, TRANSITIONING) else STANDBY
+
+
+def _standby_alignment(obs: Observation) -> list[Action]:
+    """A standby keeps every LUN mapped and reports Standby; it mirrors the active's group state."""
+    d, c = obs.datapath, obs.coord
+    actions: list[Action] = []
+    if obs.spec.alua and d.own_group is not None:
+        leader_is_peer = c.leader is not None and c.leader.node == obs.peer
+        want_peer = _mirror(c.peer, leader_is_peer)
+        if d.own_group != STANDBY or d.peer_group != want_peer:
+            actions.append(SetAlua(own=STANDBY, peer=want_peer))
+    if obs.spec.port_takeover and not d.own_ports_up and not (c.peer and c.peer.hosts_peer_ports):
+        actions.append(BringUpOwnPorts())
+    return actions
+
+
+def _standby_registration(obs: Observation, now: float, timing: Timing) -> list[Action]:
+    """Register our key as standby under the current epoch once our ports have settled in Standby."""
+    s, d, c = obs.storage, obs.datapath, obs.coord
+    if not (s.pr and s.visible and obs.spec.standby_registers):
+        return []
+    if c.leader is None or c.leader.node != obs.peer or s.my_key_epoch == c.epoch:
+        return []
+    if d.own_group is not None and d.own_group != STANDBY:
+        return []
+    if d.alua_changed_at is not None and now - d.alua_changed_at < timing.standby_settle_s:
+        return []
+    return [RegisterStandby(c.epoch)]
+
+
+def _maybe_claim(obs: Observation, now: float, actions: tuple[Action, ...]) -> Plan:
+    c = obs.coord
+    intent = c.switchover
+    if (intent is not None and intent.state == "pending" and intent.target == obs.peer
+            and now < intent.deadline and c.peer is not None):
+        return Plan(Reason.WAITING_FOR_SWITCHOVER, Role.STANDBY, actions)
+    # Maintenance is applied by decide() itself, so that the frozen claim is reported.
+    ignored = (Blocker.SWITCHOVER_PENDING, Blocker.MAINTENANCE)
+    blockers = [b for b in failover_blockers(obs) if b not in ignored]
+    planned = _peer_handed_over(obs)
+    if planned:
+        blockers = [b for b in blockers if b is not Blocker.FENCING_NOT_CONFIGURED]
+    if blockers:
+        return Plan(Reason.NOT_READY, Role.STANDBY, actions)
+    return Plan(Reason.CLAIMING, Role.CANDIDATE, (*actions, ClaimLeadership(c.epoch)))
+
+
+def failover_blockers(obs: Observation) -> tuple[Blocker, ...]:
+    """Why this agent could not take over automatically now (empty: it could)."""
+    c, s, d = obs.coord, obs.storage, obs.datapath
+    found: list[Blocker] = []
+    if c.session is not SessionState.CONNECTED:
+        found.append(Blocker.NO_QUORUM)
+    if c.maintenance.enabled:
+        found.append(Blocker.MAINTENANCE)
+    if not s.visible:
+        found.append(Blocker.STORAGE_NOT_VISIBLE)
+    if not d.configured:
+        found.append(Blocker.NOT_CONFIGURED)
+    if not obs.spec.fencing_configured:
+        found.append(Blocker.FENCING_NOT_CONFIGURED)
+    intent = c.switchover
+    if intent is not None and intent.state == "pending" and intent.target == obs.peer:
+        found.append(Blocker.SWITCHOVER_PENDING)
+    return tuple(found)
+
+
+# --- the leader ------------------------------------------------------------------------------
+
+
+def _leader_role(obs: Observation) -> Role:
+    d = obs.datapath
+    promoted = (not obs.spec.alua or d.own_group is AO) and obs.spec.vips <= d.vips
+    return Role.ACTIVE if promoted else Role.PROMOTING
+
+
+def _leading(obs: Observation, now: float, timing: Timing, until: float) -> Plan:
+    c, s = obs.coord, obs.storage
+    epoch = c.epoch
+    head: list[Action] = []
+    if not obs.watchdog_armed:
+        head.append(ArmWatchdog())
+    elif c.lease_confirmed_at is not None and now - c.lease_confirmed_at <= timing.kick_window_s:
+        head.append(KickWatchdog())
+    if obs.datapath.serving and not _fenced(obs, epoch):
+        # Serving is only allowed after fencing under this very epoch. If we did fence and the
+        # disks no longer show it, someone took our key: step down and give the role up.
+        record = s.last_fence
+        if record is not None and record.epoch == epoch and record.ok:
+            plan = _step_down_plan(obs, Reason.KEY_LOST)
+            return replace(plan, actions=(*plan.actions, ReleaseLeadership(epoch)), lease_valid_until=until)
+        return replace(_step_down_plan(obs, Reason.UNFENCED_SERVING), lease_valid_until=until)
+    intent = c.switchover
+    if intent is not None and intent.state == "pending":
+        handled = _handle_switchover(obs, now, head, until)
+        if handled is not None:
+            return handled
+    return _takeover(obs, now, timing, head, until)
+
+
+def _peer_handed_over(obs: Observation) -> bool:
+    """The peer is alive and says it serves nothing: a planned hand-over, no power fencing."""
+    p = obs.coord.peer
+    if p is None:
+        return False
+    return not p.vips and not p.hosts_peer_ports and (p.own_alua is None or not p.own_alua.accepts_io)
+
+
+def _fenced(obs: Observation, epoch: int) -> bool:
+    s = obs.storage
+    record = s.last_fence
+    if record is None or record.epoch != epoch or not record.ok:
+        return False
+    if s.pr:
+        return s.my_key_epoch == epoch and s.holder == (obs.node, epoch) and not s.stale_peer_key
+    return True
+
+
+def _takeover(obs: Observation, now: float, timing: Timing, head: list[Action], until: float) -> Plan:
+    """Fence, then ALUA, then addresses, in that order, in one plan (the executor stops on failure)."""
+    c, d, s = obs.coord, obs.datapath, obs.storage
+    epoch = c.epoch
+    actions = list(head)
+    reason = Reason.ACTIVE
+    if not _fenced(obs, epoch):
+        last = s.last_fence
+        if last is not None and last.epoch == epoch and not last.ok and now - last.at < timing.fence_retry_s:
+            return Plan(Reason.FENCE_BACKOFF, Role.PROMOTING, tuple(actions), until)
+        mode = FenceMode.PLANNED if _peer_handed_over(obs) else FenceMode.UNPLANNED
+        actions.append(FencePeer(epoch, mode))
+        reason = Reason.FENCING
+    want_peer = AO if d.peer_ports_hosted else STANDBY
+    if obs.spec.alua and d.own_group is not None and (d.own_group is not AO or d.peer_group != want_peer):
+        actions.append(SetAlua(own=AO, peer=want_peer))
+        reason = Reason.FENCING if reason is Reason.FENCING else Reason.PROMOTING
+    missing = obs.spec.vips - d.vips
+    if missing:
+        actions.append(AddVips(frozenset(missing)))
+        reason = Reason.FENCING if reason is Reason.FENCING else Reason.PROMOTING
+    actions.extend(_port_moves(obs, epoch))
+    intent = c.switchover
+    if (reason is Reason.ACTIVE and intent is not None and intent.state == "pending"
+            and intent.target == obs.node):
+        actions.append(FinishSwitchover(intent.intent_id, "done"))
+    role = Role.ACTIVE if reason is Reason.ACTIVE else Role.PROMOTING
+    return Plan(reason, role, tuple(actions), until)
+
+
+def _port_moves(obs: Observation, epoch: int) -> list[Action]:
+    """Port takeover: adopt a dead peer's portals once it is fenced; hand them back when it is ready."""
+    if not obs.spec.port_takeover:
+        return []
+    p, d = obs.coord.peer, obs.datapath
+    if p is None and not d.peer_ports_hosted:
+        return [AdoptPeerPorts(epoch)]
+    if p is not None and d.peer_ports_hosted and p.ready and p.role is Role.STANDBY:
+        return [ReleasePeerPorts()]
+    return []
+
+
+def _handle_switchover(obs: Observation, now: float, head: list[Action], until: float) -> Plan | None:
+    c = obs.coord
+    intent = c.switchover
+    assert intent is not None
+    if intent.target == obs.node:
+        return None  # we are the target and already lead: _takeover finishes it
+    if intent.target != obs.peer:
+        return Plan(Reason.SWITCHOVER_REFUSED, _leader_role(obs),
+                    (*head, FinishSwitchover(intent.intent_id, "refused", f"unknown node {intent.target!r}")),
+                    until)
+    refusal = _switchover_refusal(obs, now)
+    if refusal:
+        return Plan(Reason.SWITCHOVER_REFUSED, _leader_role(obs),
+                    (*head, FinishSwitchover(intent.intent_id, "refused", refusal)), until)
+    actions: list[Action] = []
+    actions.extend(_step_down_actions(obs, TRANSITIONING))
+    if obs.spec.alua and obs.datapath.own_group is not None:
+        actions.append(SetAlua(own=STANDBY, peer=STANDBY))
+    actions.append(_report(obs, Role.STANDBY, STANDBY if obs.spec.alua else None, frozenset(),
+                           handed_off=intent.intent_id))
+    actions.append(ReleaseLeadership(c.epoch))
+    if obs.watchdog_armed:
+        actions.append(DisarmWatchdog())
+    return Plan(Reason.HANDING_OFF, Role.DEMOTING, tuple(actions), until)
+
+
+def _switchover_refusal(obs: Observation, now: float) -> str:
+    c = obs.coord
+    intent = c.switchover
+    assert intent is not None
+    if now >= intent.deadline:
+        return "deadline passed before the hand-over could start"
+    if c.maintenance.enabled:
+        return "maintenance mode is on"
+    p = c.peer
+    if p is None:
+        return f"{obs.peer} has no live ZooKeeper session"
+    if not p.ready:
+        return f"{obs.peer} is not ready (shared disks or target configuration missing there)"
+    if p.role is not Role.STANDBY:
+        return f"{obs.peer} is {p.role.value}, not standby"
+    return ""
+
+
+# --- publishing ------------------------------------------------------------------------------
+
+
+def _report(obs: Observation, role: Role, own_alua: AluaState | None, vips: frozenset[str],
+            handed_off: str | None = None) -> Publish:
+    s, d, c = obs.storage, obs.datapath, obs.coord
+    return Publish(
+        role=role,
+        own_alua=own_alua,
+        vips=vips,
+        ready=s.visible and d.configured,
+        epoch_seen=c.epoch,
+        handed_off=handed_off,
+        hosts_peer_ports=d.peer_ports_hosted,
+        maintenance_seen=c.maintenance.enabled,
+    )
+
+
+def _with_publish(plan: Plan, obs: Observation) -> Plan:
+    """Append a Publish of what we are now, unless the plan already publishes or nothing changed."""
+    if obs.coord.session is not SessionState.CONNECTED:
+        return plan
+    if any(isinstance(a, Publish) for a in plan.actions):
+        return plan
+    mine = _report(obs, plan.role, obs.datapath.own_group, obs.datapath.vips)
+    pub = obs.coord.published
+    if pub is not None and _same_report(pub, mine):
+        return plan
+    return replace(plan, actions=(*plan.actions, mine))
+
+
+def _same_report(pub: PeerReport, mine: Publish) -> bool:
+    return (pub.role, pub.own_alua, pub.vips, pub.ready, pub.epoch_seen, pub.handed_off,
+            pub.hosts_peer_ports, pub.maintenance_seen) == (
+        mine.role, mine.own_alua, mine.vips, mine.ready, mine.epoch_seen, mine.handed_off,
+        mine.hosts_peer_ports, mine.maintenance_seen)

@@ -1,0 +1,215 @@
+"""What an agent knows at one instant: the frozen snapshot that ``decide`` reads.
+
+Everything here is a value: enums and frozen dataclasses, built by
+``hacontrol.agent.observe`` from the adapters once per tick. Times are
+monotonic seconds of the observing agent's own clock (never wall time), so a
+snapshot can be compared with the ``now`` passed to ``decide``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum, IntEnum
+
+
+class SessionState(Enum):
+    """The ZooKeeper session as this agent's client sees it.
+
+    CONNECTED: the session is live and the last request proved it.
+    SUSPENDED: the connection dropped; the session may or may not still exist
+    on the servers. An agent must not assume it holds the lease.
+    LOST: the session is gone (expired, closed, or never established). Any
+    ephemeral znode it held has been deleted or soon will be.
+    """
+
+    CONNECTED = "connected"
+    SUSPENDED = "suspended"
+    LOST = "lost"
+
+
+class AluaState(IntEnum):
+    """Asymmetric access states as SPC-4 encodes them in REPORT TARGET PORT GROUPS."""
+
+    ACTIVE_OPTIMIZED = 0
+    ACTIVE_NON_OPTIMIZED = 1
+    STANDBY = 2
+    UNAVAILABLE = 3
+    LBA_DEPENDENT = 4
+    OFFLINE = 14
+    TRANSITIONING = 15
+
+    @property
+    def accepts_io(self) -> bool:
+        return self in (AluaState.ACTIVE_OPTIMIZED, AluaState.ACTIVE_NON_OPTIMIZED)
+
+    @property
+    def label(self) -> str:
+        return _ALUA_LABELS[self]
+
+
+_ALUA_LABELS = {
+    AluaState.ACTIVE_OPTIMIZED: "active/optimized",
+    AluaState.ACTIVE_NON_OPTIMIZED: "active/non-optimized",
+    AluaState.STANDBY: "standby",
+    AluaState.UNAVAILABLE: "unavailable",
+    AluaState.LBA_DEPENDENT: "lba-dependent",
+    AluaState.OFFLINE: "offline",
+    AluaState.TRANSITIONING: "transitioning",
+}
+
+
+class Role(Enum):
+    """What an agent is doing, derived by ``decide`` and published for operators."""
+
+    STARTING = "starting"  # no session yet: serves nothing, claims nothing
+    STANDBY = "standby"
+    CANDIDATE = "candidate"  # leader znode free: claiming it
+    PROMOTING = "promoting"  # holds leadership, takeover steps in progress
+    ACTIVE = "active"
+    DEMOTING = "demoting"
+
+
+@dataclass(frozen=True)
+class Leader:
+    """The leader znode: who holds it, under which epoch, and whether our session owns it."""
+
+    node: str
+    epoch: int
+    ours: bool
+
+
+@dataclass(frozen=True)
+class PeerReport:
+    """The peer's member znode (ephemeral: present only while the peer's session lives)."""
+
+    node: str
+    role: Role
+    own_alua: AluaState | None
+    vips: frozenset[str] = frozenset()
+    ready: bool = False  # storage visible, target configured, standby path healthy
+    epoch_seen: int = 0
+    handed_off: str | None = None  # switchover id this peer released leadership for
+    hosts_peer_ports: bool = False  # it hosts *our* portal addresses (port takeover)
+    maintenance_seen: bool = False
+
+
+@dataclass(frozen=True)
+class SwitchoverIntent:
+    """An operator's request to move the active role to ``target`` before ``deadline``.
+
+    ``deadline`` is already converted to this agent's monotonic clock by the
+    adapter (the znode carries a duration, and the adapter records when it
+    first saw it).
+    """
+
+    intent_id: str
+    target: str
+    deadline: float
+    state: str = "pending"  # pending | refused | done
+
+
+@dataclass(frozen=True)
+class Maintenance:
+    enabled: bool
+    reason: str = ""
+    by: str = ""
+
+
+@dataclass(frozen=True)
+class Coordination:
+    """What ZooKeeper said, as of the last successful read."""
+
+    session: SessionState
+    lease_confirmed_at: float | None  # send time of the last round trip that proved our session alive
+    leader: Leader | None
+    epoch: int  # the persistent epoch counter (the fencing token source)
+    peer: PeerReport | None  # None: the peer has no live session
+    switchover: SwitchoverIntent | None = None
+    maintenance: Maintenance = Maintenance(enabled=False)
+    published: PeerReport | None = None  # our own member znode as last written
+
+
+@dataclass(frozen=True)
+class FenceRecord:
+    """Outcome of the last FencePeer this agent executed."""
+
+    epoch: int
+    ok: bool
+    at: float
+    power_confirmed: bool = False  # a power method confirmed the peer off
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Storage:
+    """Shared disks as the fencing adapter last read them.
+
+    With SCSI persistent reservations configured, ``my_key_epoch`` is the
+    epoch encoded in our registration if it is present on *every* shared disk,
+    ``holder`` is the (node id, epoch) of the reservation holder if all disks
+    agree, and ``stale_peer_key`` says a peer key older than the current
+    epoch is still registered somewhere.
+    """
+
+    pr: bool
+    visible: bool = True
+    my_key_epoch: int | None = None
+    holder: tuple[str, int] | None = None
+    stale_peer_key: bool = False
+    last_fence: FenceRecord | None = None
+
+
+@dataclass(frozen=True)
+class DataPath:
+    """The target and the addresses on this controller."""
+
+    configured: bool  # the target model is applied here
+    own_group: AluaState | None  # None on backends without ALUA (tgt: VIP-only)
+    peer_group: AluaState | None  # how this controller presents the peer's group
+    alua_changed_at: float | None = None  # when own_group last changed (for settling)
+    vips: frozenset[str] = frozenset()
+    own_ports_up: bool = True  # this controller's own portal addresses are present
+    peer_ports_hosted: bool = False  # we host the peer's portal addresses and target port
+
+    @property
+    def serving(self) -> bool:
+        """True while anything here could still accept I/O from an initiator."""
+        if self.own_group is not None and self.own_group.accepts_io:
+            return True
+        if self.peer_ports_hosted:
+            return True
+        return bool(self.vips)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """The static part of the configuration that decisions depend on."""
+
+    node: str
+    peer: str
+    vips: frozenset[str]
+    alua: bool = True  # False: VIP-only failover (tgt backend)
+    fencing_configured: bool = True
+    power_fencing: bool = False
+    port_takeover: bool = False
+    standby_registers: bool = True
+    on_key_lost: str = "standby"  # standby | reboot
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One frozen snapshot of everything an agent may base a decision on."""
+
+    spec: Spec
+    coord: Coordination
+    storage: Storage
+    datapath: DataPath
+    watchdog_armed: bool = False
+
+    @property
+    def node(self) -> str:
+        return self.spec.node
+
+    @property
+    def peer(self) -> str:
+        return self.spec.peer

@@ -1,0 +1,318 @@
+"""Table-driven tests of decide(): one block per safety rule of docs/architecture.md."""
+
+from __future__ import annotations
+
+import pytest
+
+from hacontrol.core import actions as A
+from hacontrol.core.decide import Blocker, Reason, decide
+from hacontrol.core.model import FenceRecord, Leader, Maintenance, PeerReport, Role, SessionState
+from tests.unit.builders import (
+    AO,
+    NOW,
+    SB,
+    TR,
+    VIPS,
+    T,
+    active,
+    intent,
+    names,
+    peer_report,
+    standby,
+    with_coord,
+    with_datapath,
+    with_spec,
+    with_storage,
+)
+
+# --- rule 1: epoch and lease before everything ----------------------------------------------------
+
+
+def test_healthy_active_only_kicks_the_watchdog():
+    plan = decide(active(), NOW, T)
+    assert plan.reason is Reason.ACTIVE and plan.role is Role.ACTIVE
+    assert names(plan) == ["KickWatchdog"]
+    assert plan.lease_valid_until == NOW + T.demote_deadline_s
+
+
+def test_healthy_standby_does_nothing():
+    plan = decide(standby(), NOW, T)
+    assert plan.reason is Reason.STANDBY and names(plan) == []
+
+
+@pytest.mark.parametrize("session", [SessionState.SUSPENDED, SessionState.CONNECTED])
+def test_active_steps_down_when_lease_runs_out(session):
+    o = with_coord(active(), session=session, lease_confirmed_at=NOW - T.demote_deadline_s)
+    plan = decide(o, NOW, T)
+    assert plan.reason is Reason.LEASE_EXPIRED and plan.role is Role.DEMOTING
+    assert names(plan) == ["SetAlua", "RemoveVips", "DisarmWatchdog"]
+    assert plan.actions[0] == A.SetAlua(own=SB, peer=SB)
+    assert all(not a.needs_lease for a in plan.actions)
+
+
+def test_suspended_within_deadline_holds_without_kicking():
+    o = with_coord(active(), session=SessionState.SUSPENDED, lease_confirmed_at=NOW - 0.5)
+    plan = decide(o, NOW, T)
+    assert plan.reason is Reason.SUSPENDED_HOLDING and plan.actions == ()
+
+
+def test_no_watchdog_kick_on_a_stale_confirmation():
+    o = with_coord(active(), lease_confirmed_at=NOW - T.kick_window_s - 0.01)
+    assert "KickWatchdog" not in names(decide(o, NOW, T))
+
+
+@pytest.mark.parametrize(
+    ("coord", "reason"),
+    [
+        ({"session": SessionState.LOST}, Reason.NO_SESSION),
+        ({"leader": Leader("a", 5, False)}, Reason.SUPERSEDED),  # our name, an older session's znode
+        ({"leader": Leader("b", 6, False), "epoch": 6}, Reason.SUPERSEDED),
+        ({"leader": Leader("a", 5, True), "epoch": 6}, Reason.SUPERSEDED),  # epoch moved past our claim
+        ({"lease_confirmed_at": None}, Reason.NO_SESSION),
+    ],
+)
+def test_serving_without_the_lease_steps_down(coord, reason):
+    plan = decide(with_coord(active(), **coord), NOW, T)
+    assert plan.reason is reason
+    assert names(plan)[:2] == ["SetAlua", "RemoveVips"]
+
+
+def test_step_down_on_vip_only_backend_removes_addresses():
+    o = with_coord(with_spec(active(), alua=False), session=SessionState.LOST)
+    o = with_datapath(o, own_group=None, peer_group=None)
+    assert names(decide(o, NOW, T)) == ["RemoveVips", "DisarmWatchdog"]
+
+
+def test_step_down_releases_adopted_peer_ports():
+    o = with_datapath(with_coord(active(), session=SessionState.LOST), peer_ports_hosted=True)
+    assert "ReleasePeerPorts" in names(decide(o, NOW, T))
+
+
+# --- rule 2: fence before promote ------------------------------------------------------------------
+
+
+def new_leader(**kw):
+    """Node a just won the election at epoch 6; the peer vanished; nothing promoted yet."""
+    o = standby(**kw)
+    o = with_coord(o, leader=Leader("a", 6, True), epoch=6, peer=None)
+    return with_datapath(with_storage(o, my_key_epoch=5, holder=("b", 5)), peer_group=SB)
+
+
+def test_takeover_plan_is_fence_then_alua_then_addresses():
+    plan = decide(new_leader(), NOW, T)
+    assert plan.reason is Reason.FENCING and plan.role is Role.PROMOTING
+    assert names(plan) == ["ArmWatchdog", "FencePeer", "SetAlua", "AddVips"]
+    fence, alua, vips = plan.actions[1:4]
+    assert fence == A.FencePeer(6, A.FenceMode.UNPLANNED)
+    assert alua == A.SetAlua(own=AO, peer=SB) and vips == A.AddVips(VIPS)
+    assert fence.needs_lease and alua.needs_lease and vips.needs_lease
+
+
+def test_planned_fence_when_peer_is_alive_and_serves_nothing():
+    o = with_coord(new_leader(), peer=peer_report(handed_off="i1"))
+    assert decide(o, NOW, T).actions[1] == A.FencePeer(6, A.FenceMode.PLANNED)
+
+
+def test_peer_alive_but_still_serving_gets_unplanned_fencing():
+    o = with_coord(new_leader(), peer=peer_report(Role.ACTIVE, AO, vips=VIPS))
+    assert decide(o, NOW, T).actions[1] == A.FencePeer(6, A.FenceMode.UNPLANNED)
+
+
+def test_failed_fence_backs_off_then_retries():
+    failed = FenceRecord(6, False, NOW - 0.2)
+    o = with_storage(new_leader(), last_fence=failed)
+    plan = decide(o, NOW, T)
+    assert plan.reason is Reason.FENCE_BACKOFF
+    assert not any(isinstance(a, A.FencePeer | A.SetAlua | A.AddVips) for a in plan.actions)
+    later = NOW + T.fence_retry_s
+    assert "FencePeer" in names(decide(with_coord(o, lease_confirmed_at=later), later, T))
+
+
+def test_fenced_leader_promotes_without_fencing_again():
+    o = with_storage(new_leader(), my_key_epoch=6, holder=("a", 6), last_fence=FenceRecord(6, True, NOW - 0.1))
+    plan = decide(o, NOW, T)
+    assert plan.reason is Reason.PROMOTING and names(plan) == ["ArmWatchdog", "SetAlua", "AddVips"]
+
+
+def test_fence_record_of_an_older_epoch_does_not_count():
+    o = with_storage(new_leader(), my_key_epoch=6, holder=("a", 6), last_fence=FenceRecord(5, True, NOW - 9))
+    assert "FencePeer" in names(decide(o, NOW, T))
+
+
+def test_stale_peer_key_forces_a_new_fence():
+    o = with_storage(new_leader(), my_key_epoch=6, holder=("a", 6), last_fence=FenceRecord(6, True, NOW - 0.1),
+                     stale_peer_key=True)
+    assert "FencePeer" in names(decide(o, NOW, T))
+
+
+def test_serving_under_an_epoch_we_never_fenced_steps_down_first():
+    o = with_datapath(new_leader(), own_group=AO, vips=VIPS)
+    plan = decide(o, NOW, T)
+    assert plan.reason is Reason.UNFENCED_SERVING and "FencePeer" not in names(plan)
+
+
+def test_key_lost_steps_down_and_gives_up_leadership():
+    o = with_storage(active(), my_key_epoch=None, holder=("b", 6))
+    plan = decide(o, NOW, T)
+    assert plan.reason is Reason.KEY_LOST
+    assert names(plan) == ["SetAlua", "RemoveVips", "KeyLost", "DisarmWatchdog", "ReleaseLeadership"]
+    assert plan.actions[2] == A.KeyLost("standby")
+
+
+def test_lease_bound_actions_carry_the_lease_end():
+    plan = decide(with_coord(new_leader(), lease_confirmed_at=NOW - 0.3), NOW, T)
+    assert plan.lease_valid_until == pytest.approx(NOW - 0.3 + T.demote_deadline_s)
+
+
+# --- rule 3: suspended or unknown sessions start nothing -------------------------------------------
+
+
+def test_standby_does_not_claim_while_suspended():
+    o = with_coord(standby(), session=SessionState.SUSPENDED, leader=None)
+    plan = decide(o, NOW, T)
+    assert plan.reason is Reason.NO_SESSION and "ClaimLeadership" not in names(plan)
+
+
+def test_standby_claims_when_the_leader_znode_is_gone():
+    o = with_coord(standby(), leader=None, peer=None)
+    plan = decide(o, NOW, T)
+    assert plan.reason is Reason.CLAIMING and plan.actions[-2] == A.ClaimLeadership(5)
+
+
+@pytest.mark.parametrize(
+    ("change", "blocker"),
+    [
+        (lambda o: with_storage(o, visible=False), Blocker.STORAGE_NOT_VISIBLE),
+        (lambda o: with_datapath(o, configured=False), Blocker.NOT_CONFIGURED),
+        (lambda o: with_spec(o, fencing_configured=False), Blocker.FENCING_NOT_CONFIGURED),
+    ],
+)
+def test_standby_that_cannot_take_over_safely_does_not_claim(change, blocker):
+    o = change(with_coord(standby(), leader=None, peer=None))
+    plan = decide(o, NOW, T)
+    assert plan.reason is Reason.NOT_READY and blocker in plan.blockers
+
+
+def test_without_fencing_a_planned_handover_may_still_be_claimed():
+    o = with_spec(with_coord(standby(), leader=None, peer=peer_report(handed_off="i1"),
+                             switchover=intent("a")), fencing_configured=False)
+    assert decide(o, NOW, T).reason is Reason.CLAIMING
+
+
+# --- rule 4: never cause PDL ------------------------------------------------------------------------
+
+
+def test_standby_mirrors_the_active_group_and_keeps_its_own_standby():
+    o = with_datapath(standby(), own_group=TR, peer_group=SB)
+    plan = decide(o, NOW, T)
+    assert plan.actions[0] == A.SetAlua(own=SB, peer=AO)
+
+
+def test_standby_mirrors_transitioning_during_a_handover():
+    o = with_coord(standby(), peer=peer_report(Role.DEMOTING, TR))
+    assert decide(o, NOW, T).actions[0] == A.SetAlua(own=SB, peer=TR)
+
+
+def test_standby_registers_its_key_under_the_current_epoch_once_settled():
+    o = with_storage(standby(), my_key_epoch=4)
+    assert decide(o, NOW, T).actions[0] == A.RegisterStandby(5)
+    unsettled = with_datapath(o, alua_changed_at=NOW - T.standby_settle_s / 2)
+    assert "RegisterStandby" not in names(decide(unsettled, NOW, T))
+
+
+def test_standby_without_pr_never_registers():
+    o = with_storage(standby(), pr=False, my_key_epoch=None)
+    assert "RegisterStandby" not in names(decide(o, NOW, T))
+
+
+# --- rule 5: maintenance freezes automation, not safety ----------------------------------------------
+
+
+def test_maintenance_freezes_a_takeover_and_reports_it():
+    o = with_coord(standby(), leader=None, peer=None, maintenance=Maintenance(True, "disk swap", "ops"))
+    plan = decide(o, NOW, T)
+    assert plan.reason is Reason.MAINTENANCE
+    assert "ClaimLeadership" not in names(plan)
+    assert "ClaimLeadership" in [a.name for a in plan.frozen]
+    assert Blocker.MAINTENANCE in plan.blockers
+
+
+def test_maintenance_never_keeps_a_stale_active_serving():
+    o = with_coord(active(), session=SessionState.SUSPENDED, lease_confirmed_at=NOW - 5,
+                   maintenance=Maintenance(True))
+    plan = decide(o, NOW, T)
+    assert plan.reason is Reason.LEASE_EXPIRED and names(plan)[:2] == ["SetAlua", "RemoveVips"]
+
+
+def test_maintenance_keeps_kicking_a_valid_lease():
+    plan = decide(with_coord(active(), maintenance=Maintenance(True)), NOW, T)
+    assert names(plan) == ["KickWatchdog"]
+
+
+# --- planned switchover ---------------------------------------------------------------------------
+
+
+def test_handover_is_ordered_transitioning_cut_standby_publish_release():
+    o = with_coord(active(), switchover=intent("b"))
+    plan = decide(o, NOW, T)
+    assert plan.reason is Reason.HANDING_OFF
+    steps = [a for a in plan.actions if not isinstance(a, A.KickWatchdog)]
+    assert steps[0] == A.SetAlua(own=TR, peer=SB)
+    assert steps[1] == A.RemoveVips(VIPS)
+    assert steps[2] == A.SetAlua(own=SB, peer=SB)
+    assert isinstance(steps[3], A.Publish) and steps[3].handed_off == "i1" and steps[3].vips == frozenset()
+    assert steps[4] == A.ReleaseLeadership(5)
+    assert isinstance(steps[5], A.DisarmWatchdog)
+
+
+@pytest.mark.parametrize(
+    ("coord", "why"),
+    [
+        ({"peer": None}, "no live ZooKeeper session"),
+        ({"peer": peer_report(ready=False)}, "not ready"),
+        ({"peer": peer_report(Role.STARTING, None)}, "is starting"),
+        ({"switchover": intent("b", deadline=NOW - 1)}, "deadline passed"),
+        ({"switchover": intent("zz")}, "unknown node"),
+    ],
+)
+def test_switchover_refusals_name_the_reason(coord, why):
+    o = with_coord(with_coord(active(), switchover=intent("b")), **coord)
+    plan = decide(o, NOW, T)
+    assert plan.reason is Reason.SWITCHOVER_REFUSED
+    finish = [a for a in plan.actions if isinstance(a, A.FinishSwitchover)]
+    assert finish and finish[0].outcome == "refused" and why in finish[0].reason
+    assert "RemoveVips" not in names(plan)
+
+
+def test_old_active_waits_for_the_target_instead_of_reclaiming():
+    o = with_datapath(with_coord(standby(), leader=None, switchover=intent("b"),
+                                 peer=peer_report()), peer_group=SB)
+    assert decide(o, NOW, T).reason is Reason.WAITING_FOR_SWITCHOVER
+
+
+def test_target_claims_after_the_handover():
+    o = with_coord(standby(), leader=None, switchover=intent("a"), peer=peer_report(handed_off="i1"))
+    assert decide(o, NOW, T).reason is Reason.CLAIMING
+
+
+def test_new_active_finishes_the_switchover_once_fully_promoted():
+    o = with_coord(active(), switchover=intent("a"))
+    plan = decide(o, NOW, T)
+    assert A.FinishSwitchover("i1", "done") in plan.actions
+
+
+# --- publishing -----------------------------------------------------------------------------------
+
+
+def test_publishes_only_when_the_report_changes():
+    plan = decide(active(), NOW, T)
+    pub = [a for a in plan.actions if isinstance(a, A.Publish)]
+    assert pub and pub[0].role is Role.ACTIVE and pub[0].own_alua is AO
+    same = PeerReport("a", Role.ACTIVE, AO, VIPS, True, 5, None, False, False)
+    plan2 = decide(with_coord(active(), published=same), NOW, T)
+    assert not any(isinstance(a, A.Publish) for a in plan2.actions)
+
+
+def test_nothing_is_published_without_a_session():
+    plan = decide(with_coord(standby(), session=SessionState.SUSPENDED), NOW, T)
+    assert not any(isinstance(a, A.Publish) for a in plan.actions)

@@ -2,6 +2,8 @@ import os
 
 from hypothesis import HealthCheck, settings
 
+pytest_plugins = ["tests.fixtures_zk"]
+
 settings.register_profile("dev", max_examples=60, stateful_step_count=30, deadline=None)
 settings.register_profile("ci", max_examples=300, stateful_step_count=40, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])

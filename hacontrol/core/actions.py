@@ -122,6 +122,11 @@ class BringUpOwnPorts(Action):
 
 
 @dataclass(frozen=True)
+class ConfigureTarget(Action):
+    """Apply the configured target model here (idempotent; both roles; never unmaps on failover)."""
+
+
+@dataclass(frozen=True)
 class ArmWatchdog(Action):
     """Open the watchdog before acting as active; it resets the node if the agent stops kicking."""
 
@@ -148,6 +153,9 @@ class Publish(Action):
     handed_off: str | None = None
     hosts_peer_ports: bool = False
     maintenance_seen: bool = False
+    reason: str = ""
+    blockers: tuple[str, ...] = ()
+    frozen: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

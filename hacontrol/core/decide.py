@@ -31,6 +31,7 @@ from hacontrol.core.actions import (
     ArmWatchdog,
     BringUpOwnPorts,
     ClaimLeadership,
+    ConfigureTarget,
     DisarmWatchdog,
     FenceMode,
     FencePeer,
@@ -69,6 +70,7 @@ class Reason(Enum):
     NOT_READY = "not_ready"
     WAITING_FOR_SWITCHOVER = "waiting_for_switchover"
     CLAIMING = "claiming"
+    STARTUP_WAIT = "startup_wait"
     # leader
     FENCING = "fencing"
     FENCE_BACKOFF = "fence_backoff"
@@ -78,6 +80,7 @@ class Reason(Enum):
     SWITCHOVER_REFUSED = "switchover_refused"
     # operator
     MAINTENANCE = "maintenance"
+    SHUTDOWN = "shutdown"
 
 
 SAFETY_REASONS = frozenset(
@@ -93,6 +96,7 @@ class Blocker(Enum):
     STORAGE_NOT_VISIBLE = "shared disks not visible on this controller"
     NOT_CONFIGURED = "target configuration not applied on this controller"
     FENCING_NOT_CONFIGURED = "no fencing method configured for the peer"
+    SESSION_TIMEOUT_MISMATCH = "ZooKeeper granted a shorter session than timing.session_timeout_s"
     SWITCHOVER_PENDING = "a switchover to the peer is pending"
 
 
@@ -115,7 +119,7 @@ def decide(obs: Observation, now: float, timing: Timing) -> Plan:
         frozen = tuple(a for a in plan.actions if a not in kept)
         if frozen:
             plan = replace(plan, reason=Reason.MAINTENANCE, actions=kept, frozen=frozen)
-    plan = replace(plan, blockers=failover_blockers(obs))
+    plan = replace(plan, blockers=failover_blockers(obs, timing))
     return _with_publish(plan, obs)
 
 
@@ -124,6 +128,8 @@ def lease_valid_until(obs: Observation, timing: Timing) -> float | None:
     c = obs.coord
     if c.session is SessionState.LOST or c.lease_confirmed_at is None or c.leader is None:
         return None
+    if _timeout_too_short(obs, timing):
+        return None  # the servers would expire us before our deadline arithmetic assumes
     if not (c.leader.ours and c.leader.node == obs.node and c.leader.epoch == c.epoch):
         return None
     return c.lease_confirmed_at + timing.demote_deadline_s
@@ -148,6 +154,8 @@ def _not_leading(obs: Observation, now: float, timing: Timing, until: float | No
     actions: list[Action] = []
     if obs.watchdog_armed:
         actions.append(DisarmWatchdog())
+    if not obs.datapath.configured:
+        actions.append(ConfigureTarget())
     c = obs.coord
     if c.session is not SessionState.CONNECTED:
         return Plan(Reason.NO_SESSION, Role.STARTING if c.lease_confirmed_at is None else Role.STANDBY,
@@ -157,7 +165,7 @@ def _not_leading(obs: Observation, now: float, timing: Timing, until: float | No
     actions.extend(_standby_registration(obs, now, timing))
     if c.leader is not None:
         return Plan(Reason.ALIGNING if aligning else Reason.STANDBY, Role.STANDBY, tuple(actions))
-    return _maybe_claim(obs, now, tuple(actions))
+    return _maybe_claim(obs, now, timing, tuple(actions))
 
 
 def _step_down_reason(obs: Observation, until: float | None) -> Reason:
@@ -225,15 +233,19 @@ def _standby_registration(obs: Observation, now: float, timing: Timing) -> list[
     return [RegisterStandby(c.epoch)]
 
 
-def _maybe_claim(obs: Observation, now: float, actions: tuple[Action, ...]) -> Plan:
+def _maybe_claim(obs: Observation, now: float, timing: Timing, actions: tuple[Action, ...]) -> Plan:
     c = obs.coord
+    if not c.peer_seen and c.connected_since is not None and now - c.connected_since < timing.startup_grace_s:
+        # Just started and never saw the peer: give it time to show up, so that two controllers booting
+        # together hand over the planned way instead of the first one powering the other off.
+        return Plan(Reason.STARTUP_WAIT, Role.STANDBY, actions)
     intent = c.switchover
     if (intent is not None and intent.state == "pending" and intent.target == obs.peer
             and now < intent.deadline and c.peer is not None):
         return Plan(Reason.WAITING_FOR_SWITCHOVER, Role.STANDBY, actions)
     # Maintenance is applied by decide() itself, so that the frozen claim is reported.
     ignored = (Blocker.SWITCHOVER_PENDING, Blocker.MAINTENANCE)
-    blockers = [b for b in failover_blockers(obs) if b not in ignored]
+    blockers = [b for b in failover_blockers(obs, timing) if b not in ignored]
     planned = _peer_handed_over(obs)
     if planned:
         blockers = [b for b in blockers if b is not Blocker.FENCING_NOT_CONFIGURED]
@@ -242,12 +254,19 @@ def _maybe_claim(obs: Observation, now: float, actions: tuple[Action, ...]) -> P
     return Plan(Reason.CLAIMING, Role.CANDIDATE, (*actions, ClaimLeadership(c.epoch)))
 
 
-def failover_blockers(obs: Observation) -> tuple[Blocker, ...]:
+def _timeout_too_short(obs: Observation, timing: Timing) -> bool:
+    granted = obs.coord.granted_timeout_s
+    return granted is not None and granted < timing.session_timeout_s * 0.99
+
+
+def failover_blockers(obs: Observation, timing: Timing | None = None) -> tuple[Blocker, ...]:
     """Why this agent could not take over automatically now (empty: it could)."""
     c, s, d = obs.coord, obs.storage, obs.datapath
     found: list[Blocker] = []
     if c.session is not SessionState.CONNECTED:
         found.append(Blocker.NO_QUORUM)
+    if timing is not None and _timeout_too_short(obs, timing):
+        found.append(Blocker.SESSION_TIMEOUT_MISMATCH)
     if c.maintenance.enabled:
         found.append(Blocker.MAINTENANCE)
     if not s.visible:
@@ -275,6 +294,8 @@ def _leading(obs: Observation, now: float, timing: Timing, until: float) -> Plan
     c, s = obs.coord, obs.storage
     epoch = c.epoch
     head: list[Action] = []
+    if not obs.datapath.configured:
+        head.append(ConfigureTarget())
     if not obs.watchdog_armed:
         head.append(ArmWatchdog())
     elif c.lease_confirmed_at is not None and now - c.lease_confirmed_at <= timing.kick_window_s:
@@ -381,6 +402,27 @@ def _handle_switchover(obs: Observation, now: float, head: list[Action], until: 
     return Plan(Reason.HANDING_OFF, Role.DEMOTING, tuple(actions), until)
 
 
+def shutdown_plan(obs: Observation) -> Plan:
+    """An agent being stopped (systemctl stop): step down and hand leadership over without waiting for expiry.
+
+    Its member znode stays (the session stays open until the peer took over),
+    so the peer sees a cooperating controller and fences it the planned way.
+    """
+    c = obs.coord
+    actions: list[Action] = list(_step_down_actions(obs, TRANSITIONING if obs.datapath.serving else STANDBY))
+    if obs.spec.alua and obs.datapath.own_group not in (None, STANDBY):
+        actions.append(SetAlua(own=STANDBY, peer=STANDBY))
+    leading = c.leader is not None and c.leader.ours and c.leader.node == obs.node
+    if c.session is SessionState.CONNECTED:
+        actions.append(_report(obs, Role.STANDBY, STANDBY if obs.spec.alua else None, frozenset(),
+                               handed_off="shutdown"))
+        if leading:
+            actions.append(ReleaseLeadership(c.leader.epoch))
+    if obs.watchdog_armed:
+        actions.append(DisarmWatchdog())
+    return Plan(Reason.SHUTDOWN, Role.DEMOTING if actions else Role.STANDBY, tuple(actions))
+
+
 def _switchover_refusal(obs: Observation, now: float) -> str:
     c = obs.coord
     intent = c.switchover
@@ -402,8 +444,8 @@ def _switchover_refusal(obs: Observation, now: float) -> str:
 # --- publishing ------------------------------------------------------------------------------
 
 
-def _report(obs: Observation, role: Role, own_alua: AluaState | None, vips: frozenset[str],
-            handed_off: str | None = None) -> Publish:
+def _report(obs: Observation, role: Role, own_alua: AluaState | None, vips: frozenset[str], *,
+            handed_off: str | None = None, plan: Plan | None = None) -> Publish:
     s, d, c = obs.storage, obs.datapath, obs.coord
     return Publish(
         role=role,
@@ -414,6 +456,9 @@ def _report(obs: Observation, role: Role, own_alua: AluaState | None, vips: froz
         handed_off=handed_off,
         hosts_peer_ports=d.peer_ports_hosted,
         maintenance_seen=c.maintenance.enabled,
+        reason=plan.reason.value if plan else Reason.HANDING_OFF.value,
+        blockers=tuple(b.value for b in plan.blockers) if plan else (),
+        frozen=tuple(a.name for a in plan.frozen) if plan else (),
     )
 
 
@@ -423,7 +468,7 @@ def _with_publish(plan: Plan, obs: Observation) -> Plan:
         return plan
     if any(isinstance(a, Publish) for a in plan.actions):
         return plan
-    mine = _report(obs, plan.role, obs.datapath.own_group, obs.datapath.vips)
+    mine = _report(obs, plan.role, obs.datapath.own_group, obs.datapath.vips, plan=plan)
     pub = obs.coord.published
     if pub is not None and _same_report(pub, mine):
         return plan
@@ -432,6 +477,6 @@ def _with_publish(plan: Plan, obs: Observation) -> Plan:
 
 def _same_report(pub: PeerReport, mine: Publish) -> bool:
     return (pub.role, pub.own_alua, pub.vips, pub.ready, pub.epoch_seen, pub.handed_off,
-            pub.hosts_peer_ports, pub.maintenance_seen) == (
+            pub.hosts_peer_ports, pub.maintenance_seen, pub.reason, pub.blockers, pub.frozen) == (
         mine.role, mine.own_alua, mine.vips, mine.ready, mine.epoch_seen, mine.handed_off,
-        mine.hosts_peer_ports, mine.maintenance_seen)
+        mine.hosts_peer_ports, mine.maintenance_seen, mine.reason, mine.blockers, mine.frozen)

@@ -91,6 +91,9 @@ class PeerReport:
     handed_off: str | None = None  # switchover id this peer released leadership for
     hosts_peer_ports: bool = False  # it hosts *our* portal addresses (port takeover)
     maintenance_seen: bool = False
+    reason: str = ""  # the reason of its last plan (Reason value)
+    blockers: tuple[str, ...] = ()  # why it could not take over now (Blocker values)
+    frozen: tuple[str, ...] = ()  # what maintenance mode kept it from doing
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,9 @@ class Coordination:
     switchover: SwitchoverIntent | None = None
     maintenance: Maintenance = Maintenance(enabled=False)
     published: PeerReport | None = None  # our own member znode as last written
+    granted_timeout_s: float | None = None  # the session timeout the servers granted (None: unknown)
+    connected_since: float | None = None  # when this agent process first reached ZooKeeper
+    peer_seen: bool = True  # this agent process has seen the peer's member znode at least once
 
 
 @dataclass(frozen=True)

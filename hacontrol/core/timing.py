@@ -28,6 +28,7 @@ class Timing:
     fence_retry_s: float = 1.0
     standby_settle_s: float = 0.5
     switchover_timeout_s: float = 30.0
+    startup_grace_s: float = 5.0
 
     @property
     def watchdog_timeout_s(self) -> float:

@@ -70,7 +70,7 @@ class Controller:
     disk_reachable: bool = True
     fence_device_ok: bool = True
     # agent memory
-    started: bool = False  # the (re)started agent has completed its first tick
+    started: bool = False  # the (re)started or thawed agent has completed its first tick
     session_id: int | None = None
     session_state: SessionState = SessionState.LOST
     lease_confirmed_at: float | None = None
@@ -78,6 +78,8 @@ class Controller:
     last_fence: FenceRecord | None = None
     last_plan: Plan | None = None
     last_results: list[tuple[str, bool]] = field(default_factory=list)
+    connected_since: float | None = None
+    peer_seen: bool = False
 
     def forget(self) -> None:
         """The agent process ends: everything it remembered is gone."""
@@ -89,6 +91,8 @@ class Controller:
         self.last_fence = None
         self.last_plan = None
         self.last_results = []
+        self.connected_since = None
+        self.peer_seen = False
 
     def power_off(self) -> None:
         self.powered = False
@@ -149,7 +153,9 @@ class Cluster:
                 c = self.nodes[name]
                 if not self._runs(c):
                     continue
-                c.frozen_until = None
+                if c.frozen_until is not None:
+                    c.frozen_until = None
+                    c.started = False  # thawed: it acts again only once this tick's plan has run
                 if i == 0 and split is not None:
                     plan = self.tick(c, stop_after=split)
                     self._check()
@@ -160,6 +166,7 @@ class Cluster:
             if pending is not None and self._runs(pending[0]):
                 c, plan, done = pending
                 self.execute(c, plan, start=done)
+                c.started = True
                 self._check()
 
     def _burst(self, c: Controller, limit: int = 6) -> None:
@@ -195,7 +202,8 @@ class Cluster:
         plan = decide(obs, self.now, self.timing)
         c.last_plan = plan
         self.execute(c, plan, stop=stop_after)
-        c.started = True
+        if stop_after is None or len(plan.actions) <= stop_after:
+            c.started = True
         return plan
 
     def observe(self, c: Controller) -> Observation:
@@ -234,9 +242,13 @@ class Cluster:
         if zk.switchover is not None:
             i = zk.switchover
             intent = SwitchoverIntent(i.intent_id, i.target, i.deadline, i.state)
+        if c.connected_since is None:
+            c.connected_since = self.now
+        c.peer_seen = c.peer_seen or peer is not None
         c.view = Coordination(SessionState.CONNECTED, self.now, leader, zk.epoch, peer[1] if peer else None,
                               intent, Maintenance(zk.maintenance),
-                              mine[1] if mine and mine[0] == c.session_id else None)
+                              mine[1] if mine and mine[0] == c.session_id else None,
+                              connected_since=c.connected_since, peer_seen=c.peer_seen)
 
     def _storage(self, c: Controller) -> Storage:
         if not self.profile.pr:
@@ -298,13 +310,15 @@ class Cluster:
         return self._zk_ok(c) and self.zk.release(c.session_id or 0, a.epoch)
 
     def _do_FencePeer(self, c: Controller, a: A.FencePeer) -> bool:
-        """Policy "all": persistent reservations when configured, then power when the peer vanished."""
-        ok, power = True, False
+        """As hacontrol.adapters.fencing does: reservations first (must succeed), then power after a loss."""
+        pr_ok, power = True, False
         if self.profile.pr:
-            ok = self._fence_pr(c, a.epoch)
-        if ok and a.mode is A.FenceMode.UNPLANNED:
+            pr_ok = self._fence_pr(c, a.epoch)
+        ok = pr_ok
+        if pr_ok and a.mode is A.FenceMode.UNPLANNED:
             if self.profile.power_fencing:
-                power = ok = self._power_fence(c)
+                power = self._power_fence(c)
+                ok = self.profile.pr or power
             elif not self.profile.pr:
                 ok = False  # nothing could fence a vanished peer
         c.last_fence = FenceRecord(a.epoch, ok, self.now, power_confirmed=power)
@@ -404,7 +418,7 @@ class Cluster:
         if not self._zk_ok(c):
             return False
         report = PeerReport(c.name, a.role, a.own_alua, a.vips, a.ready, a.epoch_seen, a.handed_off,
-                            a.hosts_peer_ports, a.maintenance_seen)
+                            a.hosts_peer_ports, a.maintenance_seen, a.reason, a.blockers, a.frozen)
         self.zk.members[c.name] = (c.session_id or 0, report)
         return True
 
@@ -456,6 +470,8 @@ class Cluster:
         """Stop every fault: heal partitions and disk paths, thaw, boot, restart, clear operator intents."""
         for c in self.nodes.values():
             c.zk_reachable = c.disk_reachable = c.fence_device_ok = True
+            if c.frozen_until is not None:
+                c.started = False  # thawed (SIGCONT) but has not run a tick yet
             c.frozen_until = None
             if not c.powered:
                 c.powered, c.boot_at = True, None

@@ -44,16 +44,17 @@ def no_refused_service(cl: Cluster) -> None:
     """A controller that presents itself as serving has its writes accepted (else initiators see errors).
 
     The one excuse is an agent that cannot act (crashed, frozen, or not yet
-    through its first tick after a restart) on a pair
-    with neither a hardware watchdog nor power fencing: nothing can stop its
-    kernel target, which is why docs/operations.md requires one of them. A
-    lost disk path is a fault of its own, not a decision.
+    through its first tick after a restart or a thaw) on a controller without
+    a hardware watchdog: nothing on the node itself can stop its kernel
+    target then, and the peer's power fencing either switched it off (so it
+    serves nothing) or failed. docs/operations.md says why a watchdog or power
+    fencing is required. A lost disk path is a fault of its own, not a decision.
     """
     for c in cl.nodes.values():
         if not cl.serving(c) or cl.writes_accepted(c) or not c.disk_reachable:
             continue
         helpless = not c.agent_running or not c.started or c.frozen_until is not None
-        if helpless and not cl.profile.hardware_watchdog and not cl.profile.power_fencing:
+        if helpless and not cl.profile.hardware_watchdog:
             continue
         raise Violation(f"t={cl.now:.2f}: {c.name} still serves but the shared disks refuse its writes "
                         "(it was fenced before it stepped down)")
@@ -95,13 +96,14 @@ def liveness_bound_s(timing: Timing) -> float:
     """How long after the last fault exactly one controller must be active.
 
     A dead or frozen agent's session lingers up to one session timeout; the
-    survivor notices on its next tick, claims, and fences; a fence attempt
+    survivor notices on its next tick, claims, and fences (a just-restarted
+    agent that never saw its peer waits ``startup_grace_s`` first); a fence attempt
     that failed during the fault is retried after ``fence_retry_s``; a
     thawed ex-leader gives up its addresses on its first tick. Ten loop
     intervals cover the ticks between those steps.
     """
     return (timing.session_timeout_s + timing.demote_deadline_s + timing.fence_retry_s
-            + timing.standby_settle_s + 10 * timing.loop_interval_s)
+            + timing.standby_settle_s + timing.startup_grace_s + 10 * timing.loop_interval_s)
 
 
 def fully_active(cl: Cluster) -> list[str]:

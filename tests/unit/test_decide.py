@@ -308,7 +308,7 @@ def test_publishes_only_when_the_report_changes():
     plan = decide(active(), NOW, T)
     pub = [a for a in plan.actions if isinstance(a, A.Publish)]
     assert pub and pub[0].role is Role.ACTIVE and pub[0].own_alua is AO
-    same = PeerReport("a", Role.ACTIVE, AO, VIPS, True, 5, None, False, False)
+    same = PeerReport("a", Role.ACTIVE, AO, VIPS, True, 5, None, False, False, "active")
     plan2 = decide(with_coord(active(), published=same), NOW, T)
     assert not any(isinstance(a, A.Publish) for a in plan2.actions)
 
@@ -316,3 +316,29 @@ def test_publishes_only_when_the_report_changes():
 def test_nothing_is_published_without_a_session():
     plan = decide(with_coord(standby(), session=SessionState.SUSPENDED), NOW, T)
     assert not any(isinstance(a, A.Publish) for a in plan.actions)
+
+
+def test_a_shorter_granted_session_voids_the_lease_and_blocks_claims():
+    short = T.session_timeout_s / 2
+    plan = decide(with_coord(active(), granted_timeout_s=short), NOW, T)
+    assert plan.reason is Reason.SUPERSEDED or plan.reason is Reason.LEASE_EXPIRED or plan.role is Role.DEMOTING
+    assert names(plan)[:2] == ["SetAlua", "RemoveVips"]
+    o = with_coord(standby(), leader=None, peer=None, granted_timeout_s=short)
+    plan = decide(o, NOW, T)
+    assert plan.reason is Reason.NOT_READY and Blocker.SESSION_TIMEOUT_MISMATCH in plan.blockers
+
+
+def test_shutdown_of_the_active_hands_over_in_order():
+    from hacontrol.core.decide import shutdown_plan
+
+    plan = shutdown_plan(active())
+    assert [a.name for a in plan.actions] == ["SetAlua", "RemoveVips", "SetAlua", "Publish", "ReleaseLeadership",
+                                              "DisarmWatchdog"]
+    assert plan.actions[0] == A.SetAlua(own=TR, peer=SB)
+    assert plan.actions[3].handed_off == "shutdown"
+
+
+def test_shutdown_of_a_standby_only_publishes():
+    from hacontrol.core.decide import shutdown_plan
+
+    assert [a.name for a in shutdown_plan(standby()).actions] == ["Publish"]

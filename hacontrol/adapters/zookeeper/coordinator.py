@@ -1,0 +1,252 @@
+"""The agent's side of ZooKeeper: observe the cluster, claim and release leadership, publish, record history.
+
+The lease: every observation starts with a ``sync`` (which the server can
+only answer after going through the ZooKeeper leader) followed by the reads,
+pipelined on the same connection. ``lease_confirmed_at`` is the monotonic
+time just *before* the sync was sent, and only counts when every reply came
+back on the same session. The servers cannot have expired the session
+earlier than ``session timeout`` after that instant.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from typing import Any
+
+import structlog
+from kazoo.exceptions import KazooException, NodeExistsError, NoNodeError
+
+from hacontrol.adapters.zookeeper import codec
+from hacontrol.adapters.zookeeper.session import Session
+from hacontrol.agent.protocols import AdapterError
+from hacontrol.core.model import Coordination, Leader, Maintenance, PeerReport, SessionState, SwitchoverIntent
+
+log = structlog.get_logger("hacontrol.zookeeper")
+
+
+class Coordinator:
+    def __init__(self, session: Session, node: str, peer: str, clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time):
+        self.s = session
+        self.node = node
+        self.peer = peer
+        self.clock = clock
+        self.wall = wall
+        self._view = Coordination(SessionState.LOST, None, None, 0, None)
+        self._confirmed_sid: int | None = None
+        self._intent_seen: dict[str, float] = {}  # intent id -> deadline on our monotonic clock
+        self._member_sid: int | None = None
+        self._layout_ok = False
+        self._connected_since: float | None = None
+        self._peer_seen = False
+        self.leader_at: float | None = None  # wall time in the leader znode (for history)
+
+    # --- observing ---------------------------------------------------------------------------
+
+    def observe(self, deadline: float) -> Coordination:
+        state = self.s.state
+        if state is SessionState.CONNECTED:
+            try:
+                if not self._layout_ok:
+                    self.s.ensure_layout(deadline)
+                    self._layout_ok = True
+                self._view = self._read(deadline)
+                return self._view
+            except (KazooException, AdapterError) as exc:
+                log.debug("zk_observe_failed", error=str(exc))
+                state = self.s.state if self.s.state is not SessionState.CONNECTED else SessionState.SUSPENDED
+        return self._stale(state)
+
+    def _stale(self, state: SessionState) -> Coordination:
+        v = self._view
+        if state is SessionState.LOST:
+            self._confirmed_sid = None
+            leader = None if v.leader is None else replace(v.leader, ours=False)
+            return replace(v, session=SessionState.LOST, lease_confirmed_at=None, leader=leader, published=None)
+        return replace(v, session=state)
+
+    def _read(self, deadline: float) -> Coordination:
+        c = self.s.client
+        sid = self.s.session_id
+        sent_at = self.clock()
+        wake = self._wake
+        sync = c.sync_async(self.s.path(""))
+        names = {
+            "leader": codec.LEADER,
+            "epoch": codec.EPOCH,
+            "peer": f"{codec.MEMBERS}/{self.peer}",
+            "mine": f"{codec.MEMBERS}/{self.node}",
+            "switchover": codec.SWITCHOVER,
+            "maintenance": codec.MAINTENANCE,
+        }
+        watches = {k: c.exists_async(self.s.path(p), watch=wake) for k, p in names.items() if k != "epoch"}
+        gets = {k: c.get_async(self.s.path(p)) for k, p in names.items()}
+        self.s.wait(sync, deadline)
+        for w in watches.values():
+            self.s.wait(w, deadline)
+        docs: dict[str, tuple[bytes | None, Any]] = {}
+        for key, result in gets.items():
+            try:
+                docs[key] = self.s.wait(result, deadline)
+            except NoNodeError:
+                docs[key] = (None, None)
+        if sid is None or self.s.session_id != sid or self.s.state is not SessionState.CONNECTED:
+            raise AdapterError("session changed while observing")
+        self._confirmed_sid = sid
+        if self._connected_since is None:
+            self._connected_since = sent_at
+        return self._build(docs, sid, sent_at)
+
+    def _build(self, docs: dict[str, tuple[bytes | None, Any]], sid: int, sent_at: float) -> Coordination:
+        leader = None
+        data, stat = docs["leader"]
+        doc = codec.decode_leader(data)
+        if doc is not None and stat is not None:
+            leader = Leader(doc.node, doc.epoch, stat.ephemeralOwner == sid)
+            self.leader_at = doc.at
+        epoch = codec.decode_epoch(docs["epoch"][0]) or 0
+        peer = codec.decode_report(docs["peer"][0])
+        self._peer_seen = self._peer_seen or peer is not None
+        mine_data, mine_stat = docs["mine"]
+        published = codec.decode_report(mine_data) if mine_stat is not None and mine_stat.ephemeralOwner == sid \
+            else None
+        m = codec.decode_maintenance(docs["maintenance"][0])
+        return Coordination(
+            session=SessionState.CONNECTED,
+            lease_confirmed_at=sent_at,
+            leader=leader,
+            epoch=epoch,
+            peer=peer,
+            switchover=self._intent(docs["switchover"][0]),
+            maintenance=Maintenance(m.enabled, m.reason, m.by),
+            published=published,
+            granted_timeout_s=self.s.negotiated_timeout_s,
+            connected_since=self._connected_since,
+            peer_seen=self._peer_seen,
+        )
+
+    def _intent(self, data: bytes | None) -> SwitchoverIntent | None:
+        doc = codec.decode_switchover(data)
+        if doc is None:
+            return None
+        if doc.intent_id not in self._intent_seen:
+            # The znode carries a wall-clock request time and a duration; convert once, on first sight,
+            # to our monotonic clock (clock skew only shifts the deadline by the skew, never extends it).
+            age = max(0.0, self.wall() - doc.at)
+            self._intent_seen = {doc.intent_id: self.clock() + max(0.0, doc.timeout_s - age)}
+        return SwitchoverIntent(doc.intent_id, doc.target, self._intent_seen[doc.intent_id], doc.state)
+
+    def _wake(self, event: Any = None) -> None:
+        self.s.wake.set()
+
+    # --- acting ------------------------------------------------------------------------------
+    # Each public step turns ZooKeeper's exceptions into AdapterError with a sentence: the executor
+    # reports it as a failed step and the next tick observes what really happened.
+
+    def claim(self, expected_epoch: int, deadline: float) -> bool:
+        """Create the leader znode and advance the epoch in one ZooKeeper multi: both happen or neither."""
+        with _zk_errors("claim leadership"):
+            return self._claim(expected_epoch, deadline)
+
+    def _claim(self, expected_epoch: int, deadline: float) -> bool:
+        c = self.s.client
+        data, stat = self.s.wait(c.get_async(self.s.path(codec.EPOCH)), deadline)
+        if codec.decode_epoch(data) != expected_epoch:
+            return False
+        new = expected_epoch + 1
+        tx = c.transaction()
+        tx.create(self.s.path(codec.LEADER), codec.dumps({"node": self.node, "epoch": new, "at": self.wall()}),
+                  ephemeral=True, acl=self.s.acl)
+        tx.set_data(self.s.path(codec.EPOCH), codec.dumps({"epoch": new}), version=stat.version)
+        results = self.s.wait(tx.commit_async(), deadline)
+        won = not any(isinstance(r, Exception) for r in results)
+        log.info("zk_claim", node=self.node, epoch=new, won=won)
+        return won
+
+    def release(self, epoch: int, deadline: float) -> bool:
+        """Delete the leader znode if our session owns it under ``epoch``."""
+        with _zk_errors("release leadership"):
+            return self._release(epoch, deadline)
+
+    def _release(self, epoch: int, deadline: float) -> bool:
+        c = self.s.client
+        try:
+            data, stat = self.s.wait(c.get_async(self.s.path(codec.LEADER)), deadline)
+        except NoNodeError:
+            return True
+        doc = codec.decode_leader(data)
+        if stat.ephemeralOwner != self.s.session_id or doc is None or doc.epoch != epoch:
+            return False
+        with contextlib.suppress(NoNodeError):
+            self.s.wait(c.delete_async(self.s.path(codec.LEADER), version=stat.version), deadline)
+        return True
+
+    def publish(self, report: PeerReport, extra: dict[str, Any], deadline: float) -> None:
+        """Write our member znode (ephemeral, owned by our session)."""
+        with _zk_errors("publish our report"):
+            self._publish(report, extra, deadline)
+
+    def _publish(self, report: PeerReport, extra: dict[str, Any], deadline: float) -> None:
+        c, sid = self.s.client, self.s.session_id
+        path = self.s.path(f"{codec.MEMBERS}/{self.node}")
+        data = codec.encode_report(self.node, report, {**extra, "at": self.wall()})
+        if self._member_sid == sid:
+            try:
+                self.s.wait(c.set_async(path, data), deadline)
+                return
+            except NoNodeError:
+                self._member_sid = None
+        try:
+            self.s.wait(c.create_async(path, data, ephemeral=True, acl=self.s.acl), deadline)
+        except NodeExistsError:
+            _, stat = self.s.wait(c.get_async(path), deadline)
+            if stat.ephemeralOwner != sid:
+                # A previous incarnation of this agent: its session is doomed, take the name now.
+                log.warning("zk_member_replaced", node=self.node, old_session=hex(stat.ephemeralOwner))
+                self.s.wait(c.delete_async(path, version=stat.version), deadline)
+                self.s.wait(c.create_async(path, data, ephemeral=True, acl=self.s.acl), deadline)
+            else:
+                self.s.wait(c.set_async(path, data), deadline)
+        self._member_sid = sid
+
+    def finish_switchover(self, intent_id: str, outcome: str, reason: str, deadline: float) -> bool:
+        with _zk_errors("finish the switchover"):
+            return self._finish_switchover(intent_id, outcome, reason, deadline)
+
+    def _finish_switchover(self, intent_id: str, outcome: str, reason: str, deadline: float) -> bool:
+        c = self.s.client
+        try:
+            data, stat = self.s.wait(c.get_async(self.s.path(codec.SWITCHOVER)), deadline)
+        except NoNodeError:
+            return False
+        doc = codec.decode_switchover(data)
+        if doc is None or doc.intent_id != intent_id or doc.state != "pending":
+            return False
+        done = replace(doc, state=outcome, reason=reason, finished_at=self.wall())
+        self.s.wait(c.set_async(self.s.path(codec.SWITCHOVER), done.encode(), version=stat.version), deadline)
+        log.info("switchover_finished", intent=intent_id, outcome=outcome, reason=reason)
+        return True
+
+    def record_history(self, doc: dict[str, Any], deadline: float) -> None:
+        with _zk_errors("record history"):
+            self._record_history(doc, deadline)
+
+    def _record_history(self, doc: dict[str, Any], deadline: float) -> None:
+        c = self.s.client
+        self.s.wait(c.create_async(self.s.path(f"{codec.HISTORY}/failover-"), codec.dumps(doc), sequence=True,
+                                   acl=self.s.acl), deadline)
+        children = sorted(self.s.wait(c.get_children_async(self.s.path(codec.HISTORY)), deadline))
+        for old in children[:-codec.HISTORY_KEEP]:
+            with contextlib.suppress(NoNodeError):
+                self.s.wait(c.delete_async(self.s.path(f"{codec.HISTORY}/{old}")), deadline)
+
+
+@contextlib.contextmanager
+def _zk_errors(what: str) -> Iterator[None]:
+    try:
+        yield
+    except KazooException as exc:
+        raise AdapterError(f"ZooKeeper: cannot {what}: {type(exc).__name__} {exc}".rstrip()) from exc

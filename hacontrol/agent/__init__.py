@@ -1,0 +1,1 @@
+"""The agent: observe → decide → execute, glued to the adapters (no decisions are made here)."""

@@ -1,0 +1,177 @@
+"""Build one controller's agent from the configuration: real adapters, or the recording doubles."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+from kazoo.exceptions import KazooException
+
+from hacontrol.adapters.fencing import Fencing
+from hacontrol.adapters.fencing.command import CommandFencer
+from hacontrol.adapters.watchdog import DeviceWatchdog, NullWatchdog, SystemdNotifier, device_timeout_s
+from hacontrol.adapters.zookeeper import Coordinator, Session
+from hacontrol.agent import doubles
+from hacontrol.agent.execute import Executor
+from hacontrol.agent.loop import Agent, TickReport
+from hacontrol.agent.observe import Observer
+from hacontrol.agent.protocols import AdapterError, ManagedAddress
+from hacontrol.agent.timeline import Timeline
+from hacontrol.config.schema import Config
+from hacontrol.core.model import Spec
+from hacontrol.core.timing import Timing
+
+log = structlog.get_logger("hacontrol.agent")
+
+
+@dataclass
+class Controller:
+    node: str
+    peer: str
+    backend: str
+    timing: Timing
+    session: Session
+    coordinator: Coordinator
+    agent: Agent
+    notifier: SystemdNotifier
+    extras: dict[str, Any]
+
+
+def managed_vips(cfg: Config, node: str) -> tuple[ManagedAddress, ...]:
+    return tuple(ManagedAddress(v.address, v.interface_for(node)) for v in cfg.vips)
+
+
+def build_controller(cfg: Config, node: str, doubles: str | None = None, zk_hosts: str | None = None) -> Controller:
+    peer = cfg.peer_of(node).name
+    wake = threading.Event()
+    session = Session(cfg.zookeeper, cfg.timing.session_timeout_s, wake=wake, hosts=zk_hosts)
+    coordinator = Coordinator(session, node, peer)
+    vips = managed_vips(cfg, node)
+    parts = _doubles(cfg, node, doubles) if doubles else _real(cfg, node)
+    fencing: Fencing = parts["fencing"]
+    spec = Spec(node=node, peer=peer, vips=frozenset(v.key for v in vips), alua=parts["alua"],
+                fencing_configured=fencing.configured,
+                power_fencing=bool(fencing.power), port_takeover=cfg.port_takeover and parts["ports"] is not None,
+                standby_registers=cfg.fencing.standby_registers, on_key_lost=cfg.fencing.on_key_lost)
+    observer = Observer(spec, coordinator, parts["target"], parts["network"], fencing, parts["watchdog"], vips)
+    notifier = SystemdNotifier()
+    timeline = Timeline(node, peer, record=lambda doc: _record(coordinator, doc))
+    executor = Executor(cfg.timing, coordinator, parts["target"], parts["network"], fencing, parts["watchdog"],
+                        {v.key: v for v in vips}, ports=parts["ports"], rebooter=parts.get("rebooter"),
+                        fence_budget_s=_fence_budget(cfg, peer))
+    agent = Agent(cfg.timing, observer, executor, timeline=timeline, wake=wake)
+    agent.on_tick = lambda report: _notify(notifier, report)
+    executor.publish_extra = lambda: _publish_extra(agent)
+    return Controller(node, peer, "doubles" if doubles else cfg.backend, cfg.timing, session, coordinator, agent,
+                      notifier, parts)
+
+
+def _fence_budget(cfg: Config, peer: str) -> float:
+    methods = cfg.node(peer).fencing
+    return max(1.0, sum(m.timeout_s for m in methods)) if methods else 5.0
+
+
+def _record(coordinator: Coordinator, doc: dict[str, Any]) -> None:
+    """History is best effort: the event is logged either way, and a ZooKeeper hiccup must not stop the loop."""
+    log.info("history", **doc)
+    try:
+        coordinator.record_history(doc, time.monotonic() + 1.0)
+    except (AdapterError, KazooException) as exc:
+        log.warning("history_not_recorded", error=str(exc))
+
+
+def _publish_extra(agent: Agent) -> dict[str, Any]:
+    last = agent.last
+    if last is None:
+        return {}
+    return {
+        "storage_visible": last.observation.storage.visible,
+        "fence": None if last.observation.storage.last_fence is None else last.observation.storage.last_fence.detail,
+        "pid": os.getpid(),
+    }
+
+
+def _notify(notifier: SystemdNotifier, report: TickReport) -> None:
+    notifier.alive(f"{report.plan.role.value}: {report.plan.reason.value}")
+
+
+def _doubles(cfg: Config, node: str, directory: str) -> dict[str, Any]:
+    state = doubles.SharedState(Path(directory), node)
+    ids = {n.name: n.id for n in cfg.nodes}
+    peer_methods = cfg.node(cfg.peer_of(node).name).fencing
+    disk = doubles.SharedDisk(state, ids) if any(m.method == "scsi_pr" for m in peer_methods) else None
+    power = [doubles.PowerDouble(state)] if any(m.powers_off for m in peer_methods) else []
+    return {
+        "target": doubles.RecordingTarget(state),
+        "network": doubles.RecordingNetwork(state),
+        "fencing": Fencing(cfg.peer_of(node).name, disk, power, cfg.fencing.policy),
+        "watchdog": doubles.RecordingWatchdog(state),
+        "alua": True,
+        "ports": None,
+    }
+
+
+def _real(cfg: Config, node: str) -> dict[str, Any]:
+    from hacontrol.adapters.network import Network  # imported here: pyroute2 is only needed on a controller
+
+    network = Network(netns=None, garp_count=cfg.network.garp_count, garp_interval_s=cfg.network.garp_interval_s,
+                      dad_timeout_s=cfg.network.dad_timeout_s,
+                      iscsi_ports=tuple(sorted({t.port for t in cfg.targets})) or (3260,))
+    target, alua, ports = _target(cfg, node)
+    return {
+        "target": target,
+        "network": network,
+        "fencing": _fencing(cfg, node),
+        "watchdog": _watchdog(cfg),
+        "alua": alua,
+        "ports": ports,
+    }
+
+
+def _target(cfg: Config, node: str) -> tuple[Any, bool, Any]:
+    if cfg.backend == "tgt":
+        from hacontrol.adapters.tgt import TgtTarget
+
+        control_port = int(os.environ.get("HACONTROL_TGT_CONTROL_PORT", "0")) or None
+        return TgtTarget(control_port=control_port).port(cfg, node), False, None
+    from hacontrol.adapters.lio import LioPort
+
+    port = LioPort(cfg, node)
+    return port, True, (port if cfg.port_takeover else None)
+
+
+def _fencing(cfg: Config, node: str) -> Fencing:
+    peer = cfg.peer_of(node)
+    reservations = None
+    power: list[Any] = []
+    for m in peer.fencing:
+        if m.method == "scsi_pr":
+            from hacontrol.adapters.fencing.scsi_pr import ScsiReservations
+
+            devices = m.devices or tuple(lun.device for t in cfg.targets for lun in t.luns)
+            reservations = ScsiReservations(devices, node_id=cfg.node(node).id, peer_id=peer.id,
+                                            timeout_s=m.timeout_s, reservation_type=cfg.fencing.reservation_type,
+                                            require_all=cfg.fencing.require_all_disks)
+        elif m.method == "command":
+            power.append(CommandFencer(m.argv, m.timeout_s))
+        elif m.method == "ipmi":
+            from hacontrol.adapters.fencing.ipmi import IpmiFencer
+
+            power.append(IpmiFencer(m))
+        elif m.method == "qmp":
+            from hacontrol.adapters.fencing.qmp import QmpFencer
+
+            power.append(QmpFencer(m.socket, m.timeout_s))
+    return Fencing(peer.name, reservations, power, cfg.fencing.policy)
+
+
+def _watchdog(cfg: Config) -> Any:
+    if cfg.watchdog_device and os.path.exists(cfg.watchdog_device):
+        return DeviceWatchdog(cfg.watchdog_device, device_timeout_s(cfg.timing.session_timeout_s,
+                                                                    cfg.timing.watchdog_margin_s))
+    return NullWatchdog()

@@ -1,0 +1,162 @@
+"""Run a plan's actions in order through the adapters; stop at the first failure.
+
+Each step gets its own deadline (``operation_timeout_s``; fencing gets the sum
+of its methods' timeouts). A step that needs the lease is refused once the
+plan's ``lease_valid_until`` has passed, even if the plan was correct when it
+was made: a long fence must never be followed by a promotion on an expired
+lease.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import structlog
+
+from hacontrol.agent.protocols import AdapterError, ManagedAddress, NetworkPort, TargetPort, WatchdogPort
+from hacontrol.core import actions as A
+from hacontrol.core.decide import Plan
+from hacontrol.core.model import FenceRecord, PeerReport
+from hacontrol.core.timing import Timing
+
+log = structlog.get_logger("hacontrol.agent")
+
+
+@dataclass(frozen=True)
+class StepResult:
+    action: str
+    ok: bool
+    duration_s: float
+    error: str = ""
+    detail: str = ""
+
+
+class CoordinationSink(Protocol):
+    def claim(self, expected_epoch: int, deadline: float) -> bool: ...
+    def release(self, epoch: int, deadline: float) -> bool: ...
+    def publish(self, report: PeerReport, extra: dict[str, Any], deadline: float) -> None: ...
+    def finish_switchover(self, intent_id: str, outcome: str, reason: str, deadline: float) -> bool: ...
+
+
+class FencingSink(Protocol):
+    def fence_peer(self, epoch: int, mode: A.FenceMode, deadline: float) -> FenceRecord: ...
+    def register_standby(self, epoch: int, deadline: float) -> None: ...
+
+
+class PortMover(Protocol):
+    """Port takeover (LIO only): adopt or hand back the peer's portals and target port."""
+
+    def adopt_peer(self, epoch: int, deadline: float) -> None: ...
+    def release_peer(self, deadline: float) -> None: ...
+    def bring_up_own(self, deadline: float) -> None: ...
+
+
+class Rebooter(Protocol):
+    def reboot(self, reason: str) -> None: ...
+
+
+class LeaseExpired(AdapterError):
+    pass
+
+
+@dataclass
+class Executor:
+    timing: Timing
+    coordinator: CoordinationSink
+    target: TargetPort
+    network: NetworkPort
+    fencing: FencingSink
+    watchdog: WatchdogPort
+    vips: Mapping[str, ManagedAddress]
+    ports: PortMover | None = None
+    rebooter: Rebooter | None = None
+    fence_budget_s: float = 30.0
+    publish_extra: Callable[[], dict[str, Any]] = dict
+    clock: Callable[[], float] = time.monotonic
+
+    def run(self, plan: Plan) -> tuple[StepResult, ...]:
+        results: list[StepResult] = []
+        for action in plan.actions:
+            start = self.clock()
+            try:
+                if action.needs_lease and (plan.lease_valid_until is None or start >= plan.lease_valid_until):
+                    raise LeaseExpired("lease ran out before this step")
+                budget = self.fence_budget_s if isinstance(action, A.FencePeer) else self.timing.operation_timeout_s
+                detail = self._do(action, start + budget)
+                ok, error = True, ""
+            except AdapterError as exc:
+                ok, error, detail = False, str(exc), ""
+            except Exception as exc:  # an adapter bug must not kill the loop; it is logged with its type
+                ok, error, detail = False, f"{type(exc).__name__}: {exc}", ""
+                log.exception("step_crashed", action=action.name)
+            results.append(StepResult(action.name, ok, self.clock() - start, error, detail))
+            if not ok:
+                break
+        return tuple(results)
+
+    def _do(self, a: A.Action, deadline: float) -> str:
+        if isinstance(a, A.ClaimLeadership):
+            if not self.coordinator.claim(a.expected_epoch, deadline):
+                raise AdapterError("lost the race for the leader znode")
+        elif isinstance(a, A.ReleaseLeadership):
+            if not self.coordinator.release(a.epoch, deadline):
+                raise AdapterError("leader znode not ours to release")
+        elif isinstance(a, A.FencePeer):
+            record = self.fencing.fence_peer(a.epoch, a.mode, deadline)
+            if not record.ok:
+                raise AdapterError(f"fencing failed: {record.detail}")
+            return record.detail
+        elif isinstance(a, A.RegisterStandby):
+            self.fencing.register_standby(a.epoch, deadline)
+        elif isinstance(a, A.SetAlua):
+            self.target.set_alua(a.own, a.peer, deadline)
+        elif isinstance(a, A.AddVips):
+            for key in sorted(a.addresses):
+                self.network.claim(self._vip(key), deadline)
+        elif isinstance(a, A.RemoveVips):
+            for key in sorted(a.addresses):
+                address = self._vip(key)
+                self.target.cut_connections(str(address.address.ip), deadline)
+                self.network.release(address, deadline)
+        elif isinstance(a, A.AdoptPeerPorts | A.ReleasePeerPorts | A.BringUpOwnPorts):
+            self._ports(a, deadline)
+        elif isinstance(a, A.ConfigureTarget):
+            return self.target.configure(deadline)
+        elif isinstance(a, A.ArmWatchdog):
+            self.watchdog.arm()
+        elif isinstance(a, A.KickWatchdog):
+            self.watchdog.kick()
+        elif isinstance(a, A.DisarmWatchdog):
+            self.watchdog.disarm()
+        elif isinstance(a, A.Publish):
+            report = PeerReport("", a.role, a.own_alua, a.vips, a.ready, a.epoch_seen, a.handed_off,
+                                a.hosts_peer_ports, a.maintenance_seen, a.reason, a.blockers, a.frozen)
+            self.coordinator.publish(report, self.publish_extra(), deadline)
+        elif isinstance(a, A.FinishSwitchover):
+            self.coordinator.finish_switchover(a.intent_id, a.outcome, a.reason, deadline)
+        elif isinstance(a, A.KeyLost):
+            log.error("reservation_key_lost", policy=a.policy)
+            if a.policy == "reboot" and self.rebooter is not None:
+                self.rebooter.reboot("reservation key lost while serving")
+        else:
+            raise AdapterError(f"no handler for {a.name}")
+        return ""
+
+    def _vip(self, key: str) -> ManagedAddress:
+        try:
+            return self.vips[key]
+        except KeyError:
+            raise AdapterError(f"{key} is not a configured address") from None
+
+    def _ports(self, a: A.Action, deadline: float) -> None:
+        if self.ports is None:
+            raise AdapterError("port takeover needs the LIO backend; set cluster.port_takeover = false")
+        if isinstance(a, A.AdoptPeerPorts):
+            self.ports.adopt_peer(a.epoch, deadline)
+        elif isinstance(a, A.ReleasePeerPorts):
+            self.ports.release_peer(deadline)
+        else:
+            self.ports.bring_up_own(deadline)

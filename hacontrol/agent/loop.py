@@ -1,0 +1,102 @@
+"""The agent loop: observe → decide → execute, on a tick and on every ZooKeeper event.
+
+One structlog event ``tick`` per tick (info when the plan does something or the
+reason changes, debug otherwise). After a tick whose plan made progress the
+next tick starts at once (bounded), so a takeover's steps follow each other
+in milliseconds instead of loop intervals.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from hacontrol.agent.execute import Executor, StepResult
+from hacontrol.agent.observe import Observer
+from hacontrol.agent.timeline import Timeline
+from hacontrol.core.decide import Plan, decide
+from hacontrol.core.model import Observation
+from hacontrol.core.timing import Timing
+
+log = structlog.get_logger("hacontrol.agent")
+
+_ROUTINE = ("Publish", "KickWatchdog")
+BURST_LIMIT = 8
+
+
+@dataclass
+class TickReport:
+    observation: Observation
+    plan: Plan
+    results: tuple[StepResult, ...]
+    duration_s: float
+
+
+@dataclass
+class Agent:
+    timing: Timing
+    observer: Observer
+    executor: Executor
+    timeline: Timeline | None = None
+    wake: threading.Event = field(default_factory=threading.Event)
+    clock: Callable[[], float] = time.monotonic
+    on_tick: Callable[[TickReport], None] | None = None
+    last: TickReport | None = None
+    _last_reason: Any = None
+
+    def tick(self) -> TickReport:
+        start = self.clock()
+        self.wake.clear()
+        obs = self.observer.observe(start + max(self.timing.operation_timeout_s, self.timing.loop_interval_s))
+        plan = decide(obs, self.clock(), self.timing)
+        results = self.executor.run(plan) if plan.actions else ()
+        report = TickReport(obs, plan, results, self.clock() - start)
+        self._log(report)
+        if self.timeline is not None:
+            self.timeline.tick(obs, plan, results)
+        if self.on_tick is not None:
+            self.on_tick(report)
+        self.last = report
+        return report
+
+    def run(self, stop: threading.Event, max_ticks: int | None = None) -> None:
+        burst = 0
+        ticks = 0
+        while not stop.is_set() and (max_ticks is None or ticks < max_ticks):
+            report = self.tick()
+            ticks += 1
+            progressed = [r.ok for r in report.results if r.action not in _ROUTINE]
+            if progressed and all(progressed) and burst < BURST_LIMIT:
+                burst += 1
+                continue
+            burst = 0
+            remaining = self.timing.loop_interval_s - report.duration_s
+            if remaining > 0:
+                self.wake.wait(remaining)
+
+    def _log(self, r: TickReport) -> None:
+        c, d = r.observation.coord, r.observation.datapath
+        acting = [a for a in r.results if a.action not in _ROUTINE]
+        changed = r.plan.reason is not self._last_reason
+        self._last_reason = r.plan.reason
+        emit = log.info if (acting or changed) else log.debug
+        emit(
+            "tick",
+            reason=r.plan.reason.value,
+            role=r.plan.role.value,
+            session=c.session.value,
+            leader=None if c.leader is None else f"{c.leader.node}@{c.leader.epoch}{'*' if c.leader.ours else ''}",
+            epoch=c.epoch,
+            own_alua=None if d.own_group is None else d.own_group.label,
+            vips=sorted(d.vips),
+            actions=[f"{a.action}:{'ok' if a.ok else 'FAILED'}:{a.duration_s * 1000:.1f}ms" for a in r.results],
+            errors=[f"{a.action}: {a.error}" for a in r.results if not a.ok],
+            frozen=[a.name for a in r.plan.frozen],
+            blockers=[b.name for b in r.plan.blockers],
+            tick_ms=round(r.duration_s * 1000, 1),
+        )

@@ -1,0 +1,132 @@
+"""``hacontrol``: the agent, one per controller (a systemd service).
+
+    hacontrol [--config /etc/hacontrol/hacontrol.toml] [--node NAME]
+
+The controller's name comes from --node, then $HACONTROL_NODE, then the host
+name. SIGTERM (systemctl stop) hands the active role over before exiting;
+SIGINT does the same. ``--doubles DIR`` replaces the target, the network, the
+disks and the watchdog with the recording doubles of hacontrol.agent.doubles
+(integration tests only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+import structlog
+
+from hacontrol import logs
+from hacontrol.adapters.zookeeper import Coordinator, Session
+from hacontrol.agent.build import Controller, build_controller
+from hacontrol.config import DEFAULT_PATH, ConfigError, load
+from hacontrol.core.decide import shutdown_plan
+from hacontrol.core.model import SessionState
+
+log = structlog.get_logger("hacontrol.agent")
+
+EXIT_CONFIG = 2
+EXIT_NODE = 3
+
+
+def resolve_node(cfg_names: tuple[str, ...], flag: str | None) -> str:
+    candidates = [flag, os.environ.get("HACONTROL_NODE"), socket.gethostname().split(".")[0]]
+    for name in candidates:
+        if name:
+            if name in cfg_names:
+                return name
+            if name is flag or name == os.environ.get("HACONTROL_NODE"):
+                raise LookupError(f"controller {name!r} is not in the configuration (nodes: {', '.join(cfg_names)})")
+    raise LookupError(f"this host is none of {', '.join(cfg_names)}: pass --node or set HACONTROL_NODE")
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="hacontrol", description="hacontrol agent (one per controller)")
+    p.add_argument("--config", default=os.environ.get("HACONTROL_CONFIG", DEFAULT_PATH))
+    p.add_argument("--node", help="this controller's name in the configuration")
+    p.add_argument("--log-format", choices=("auto", "json", "console"), default="auto")
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.add_argument("--doubles", metavar="DIR", help="use recording doubles in DIR instead of hardware (tests)")
+    p.add_argument("--zk-hosts", help="override zookeeper.hosts (tests, lab)")
+    p.add_argument("--handover-wait-s", type=float, default=10.0,
+                   help="on stop, how long to wait for the peer to take over before closing the session")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    logs.configure(args.log_format, args.log_level)
+    try:
+        cfg = load(args.config)
+    except ConfigError as exc:
+        print(f"hacontrol: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        node = resolve_node(cfg.node_names, args.node)
+    except LookupError as exc:
+        print(f"hacontrol: {exc}", file=sys.stderr)
+        return EXIT_NODE
+    structlog.contextvars.bind_contextvars(node=node, cluster=cfg.cluster_name)
+    ctl = build_controller(cfg, node, doubles=args.doubles, zk_hosts=args.zk_hosts)
+    if args.doubles:
+        Path(args.doubles, f"{node}.pid").write_text(str(os.getpid()))
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("signal", signal=signal.Signals(signum).name)
+        stop.set()
+        ctl.agent.wake.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return run(ctl, stop, args.handover_wait_s)
+
+
+def run(ctl: Controller, stop: threading.Event, handover_wait_s: float) -> int:
+    ctl.session.start_async()
+    ctl.notifier.ready("starting")
+    log.info("agent_started", timing=ctl.timing.__dict__, backend=ctl.backend)
+    try:
+        ctl.agent.run(stop)
+    finally:
+        _shutdown(ctl, handover_wait_s)
+    return 0
+
+
+def _shutdown(ctl: Controller, wait_s: float) -> None:
+    """Hand over if we lead, wait (bounded) until the peer leads, then close the session."""
+    ctl.notifier.stopping()
+    try:
+        obs = ctl.agent.observer.observe(time.monotonic() + 1.0)
+        plan = shutdown_plan(obs)
+        results = ctl.agent.executor.run(plan)
+        log.info("shutdown", actions=[f"{r.action}:{'ok' if r.ok else 'FAILED'}" for r in results])
+        leading = obs.coord.leader is not None and obs.coord.leader.ours
+        if leading and obs.coord.session is SessionState.CONNECTED:
+            _wait_for_peer(ctl.coordinator, ctl.peer, wait_s)
+    finally:
+        ctl.session.stop()
+        log.info("agent_stopped")
+
+
+def _wait_for_peer(coordinator: Coordinator, peer: str, wait_s: float) -> None:
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        view = coordinator.observe(time.monotonic() + 0.5)
+        if view.leader is not None and view.leader.node == peer:
+            log.info("handed_over", to=peer)
+            return
+        time.sleep(0.05)
+    log.warning("handover_timeout", peer=peer, waited_s=wait_s)
+
+
+__all__ = ["Session", "main", "resolve_node"]
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""hactl, the operator command line."""

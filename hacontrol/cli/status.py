@@ -1,0 +1,151 @@
+"""hactl status: who is active, under which epoch, what each controller reports, and whether
+automatic failover is possible right now (and if not, why).
+
+The table is rendered from the same document ``--json`` prints, so the two
+cannot disagree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from hacontrol.adapters.zookeeper.admin import ClusterView
+from hacontrol.cli.common import OK, add_common, admin, ago, emit_json, table
+from hacontrol.config.schema import Config
+from hacontrol.core.model import AluaState
+
+HELP = """Show the cluster: the active controller and its epoch, each controller's role, ALUA state, addresses,
+readiness and last report, maintenance, pending switchover, and whether automatic failover is possible now.
+
+Exit status: 0 when the status could be read (whatever it says), 3 when ZooKeeper is unreachable,
+2 for a configuration error. Use --json for scripts; the table shows the same document."""
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("status", help="show who is active and whether failover is possible",
+                       description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    with admin(args) as (adm, cfg):
+        doc = status_doc(adm.view(), cfg, time.time())
+    if args.json:
+        emit_json(doc)
+    else:
+        print(render(doc))
+    return OK
+
+
+def _alua(value: Any) -> str | None:
+    try:
+        return None if value is None else AluaState(int(value)).label
+    except ValueError:
+        return str(value)
+
+
+def status_doc(view: ClusterView, cfg: Config, now_wall: float) -> dict[str, Any]:
+    nodes = []
+    for node in cfg.nodes:
+        m = view.members.get(node.name)
+        d = m.doc if m else {}
+        nodes.append({
+            "node": node.name,
+            "id": node.id,
+            "live_session": m is not None,
+            "session": None if m is None else hex(m.session_id),
+            "role": d.get("role", "no session"),
+            "is_leader": view.leader is not None and view.leader.node == node.name,
+            "alua": _alua(d.get("own_alua")),
+            "vips": d.get("vips", []),
+            "ready": d.get("ready"),
+            "reason": d.get("reason"),
+            "blockers": d.get("blockers", []),
+            "frozen_actions": d.get("frozen", []),
+            "storage_visible": d.get("storage_visible"),
+            "fence": d.get("fence"),
+            "hosts_peer_ports": d.get("hosts_peer_ports", False),
+            "last_seen_s": None if m is None else round(now_wall - m.modified_wall, 3),
+        })
+    switchover = None
+    if view.switchover is not None:
+        s = view.switchover
+        switchover = {"id": s.intent_id, "target": s.target, "by": s.by, "state": s.state, "reason": s.reason,
+                      "requested_at": s.at, "timeout_s": s.timeout_s}
+    leader = None
+    if view.leader is not None:
+        leader = {"node": view.leader.node, "epoch": view.leader.epoch, "since": view.leader.at,
+                  "session": None if view.leader_session is None else hex(view.leader_session)}
+    maint = view.maintenance
+    doc = {
+        "cluster": cfg.cluster_name,
+        "epoch": view.epoch,
+        "leader": leader,
+        "nodes": nodes,
+        "maintenance": {"enabled": maint.enabled, "reason": maint.reason, "by": maint.by, "at": maint.at},
+        "switchover": switchover,
+        "config": view.config,
+    }
+    reasons = failover_impossible(doc)
+    doc["automatic_failover"] = {"possible": not reasons, "why_not": reasons}
+    return doc
+
+
+def failover_impossible(doc: dict[str, Any]) -> list[str]:
+    """Sentences that explain why the standby would not take over if the active failed now."""
+    why: list[str] = []
+    if doc["maintenance"]["enabled"]:
+        m = doc["maintenance"]
+        why.append(f"maintenance mode is on ({m['reason'] or 'no reason given'}, by {m['by'] or 'unknown'})")
+    leader = doc["leader"]
+    standbys = [n for n in doc["nodes"] if not n["is_leader"]]
+    if leader is None:
+        why.append("no controller is active")
+    for n in standbys:
+        if not n["live_session"]:
+            why.append(f"{n['node']} has no live ZooKeeper session: its agent is down or partitioned")
+            continue
+        if n["ready"] is False:
+            why.append(f"{n['node']} is not ready (shared disks or target configuration missing)")
+        for b in n["blockers"]:
+            if not b.startswith("maintenance"):
+                why.append(f"{n['node']}: {b}")
+    return why
+
+
+def render(doc: dict[str, Any]) -> str:
+    leader = doc["leader"]
+    head = f"cluster {doc['cluster']}   epoch {doc['epoch']}   "
+    if leader:
+        head += f"active {leader['node']} (epoch {leader['epoch']}, since {ago(time.time() - leader['since'])})"
+    else:
+        head += "active: none"
+    rows = []
+    for n in doc["nodes"]:
+        rows.append([n["node"], n["role"] + (" *" if n["is_leader"] else ""), n["alua"], ",".join(n["vips"]),
+                     {True: "yes", False: "no", None: "-"}[n["ready"]], n["session"],
+                     None if n["last_seen_s"] is None else ago(n["last_seen_s"]), n["reason"]])
+    lines = [head, "", table(["NODE", "ROLE", "ALUA (own group)", "VIPS", "READY", "SESSION", "REPORTED", "REASON"],
+                             rows), ""]
+    m = doc["maintenance"]
+    on = f"ON: {m['reason'] or 'no reason given'} (by {m['by'] or '?'})"
+    lines.append(f"maintenance: {on if m['enabled'] else 'off'}")
+    for n in doc["nodes"]:
+        if n["frozen_actions"]:
+            lines.append(f"  {n['node']} would have done: {', '.join(n['frozen_actions'])}")
+    s = doc["switchover"]
+    if s is None:
+        lines.append("switchover: none")
+    else:
+        why = f" ({s['reason']})" if s["reason"] else ""
+        lines.append(f"switchover {s['id']} to {s['target']}: {s['state']}{why}")
+    af = doc["automatic_failover"]
+    if af["possible"]:
+        lines.append("automatic failover: possible")
+    else:
+        lines.append("automatic failover: NOT possible")
+        lines.extend(f"  - {w}" for w in af["why_not"])
+    return "\n".join(lines)

@@ -1,0 +1,177 @@
+"""``hactl probe io``: write, read back and verify a LUN region through a userspace initiator during a failover.
+
+The lead's hactl main calls :func:`add_parser` and then ``args.func(args)`` (= :func:`run`). For standalone
+use and tests: ``python -m hacontrol.cli.probe io --portal ... --target ... --lun N``.
+
+Output: the report on stdout (``--json`` for the stable JSON document), structlog JSON events on stderr
+(probe.logged_in, probe.connection_lost, probe.progress ...), and on failure a last stderr line
+``probe io: FAILED: <reason>``. Exit status: 0 no acknowledged write lost, 1 writes lost, 2 the probe could not
+run (arguments, secret files, login rejected, LUN unusable).
+
+The probe writes to the LUN: point it at a scratch LUN or a region nobody else uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from hacontrol.probe.io import IoParams, run_io
+from hacontrol.probe.session import Credentials, Target
+from hacontrol.probe.stop import StopControl, stop_on_signals
+
+DEFAULT_INITIATOR = "iqn.2024-01.org.hacontrol:probe"
+DESCRIPTION = """\
+Log in to the target as a userspace initiator and, for --duration seconds, write one sequence-numbered,
+checksummed block every --interval-ms into a region of the LUN, reading back the previous one. On a timeout or
+a lost connection, log in again (the --portal list in order, bounded retries and backoff) and reissue the I/O.
+Then read the region back and check every acknowledged write.
+
+Reports the longest I/O pause, pauses over 1 s, errors by kind with decoded sense, the connection timeline and
+writes acknowledged / verified / lost. Exit 0: nothing lost; 1: acknowledged writes lost; 2: could not run.
+The probe WRITES to the LUN: use a scratch LUN or a region nobody else uses.
+A stop file, SIGTERM or SIGINT ends the I/O phase early; verification still runs (a second signal cuts it short).
+"""
+EXIT_OK, EXIT_LOST, EXIT_UNUSABLE = 0, 1, 2
+
+
+class UsageError(Exception):
+    pass
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``probe`` (with its ``io`` subcommand) on hactl's subparsers."""
+    probe = subparsers.add_parser("probe", help="measure what an iSCSI initiator sees",
+                                  description="Userspace iSCSI initiator probes (libiscsi).")
+    commands = probe.add_subparsers(dest="probe_command", metavar="COMMAND", required=True)
+    io = commands.add_parser("io", help="steady verified writes to a LUN region; report pauses, errors, losses",
+                             description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    io.add_argument("--portal", action="append", required=True, metavar="HOST:PORT",
+                    help="portal to log in to; repeat for a list tried in order after a connection loss")
+    io.add_argument("--target", required=True, metavar="IQN")
+    io.add_argument("--lun", type=int, required=True, metavar="N")
+    io.add_argument("--initiator-name", default=DEFAULT_INITIATOR, metavar="IQN")
+    io.add_argument("--chap-user")
+    io.add_argument("--chap-secret-file", type=Path, metavar="PATH", help="file holding the CHAP secret")
+    io.add_argument("--mutual-user", help="target's CHAP user name (mutual CHAP)")
+    io.add_argument("--mutual-secret-file", type=Path, metavar="PATH", help="file holding the target's secret")
+    io.add_argument("--duration", type=float, default=60.0, metavar="S", help="I/O phase length (default 60)")
+    io.add_argument("--interval-ms", type=float, default=10.0, metavar="MS", help="write interval (default 10)")
+    io.add_argument("--region-blocks", type=int, metavar="N",
+                    help="blocks in the test region (default: enough for the run without wrapping, <= 64 MiB)")
+    io.add_argument("--offset-blocks", type=int, default=0, metavar="N", help="first LBA of the region")
+    io.add_argument("--command-timeout", type=float, default=5.0, metavar="S", help="per-command timeout")
+    io.add_argument("--login-timeout", type=float, default=5.0, metavar="S", help="per-login timeout")
+    io.add_argument("--verify-timeout", type=float, default=60.0, metavar="S", help="verification budget")
+    io.add_argument("--stop-file", type=Path, metavar="PATH",
+                    help="end the I/O phase when this file appears (SIGTERM/SIGINT do the same)")
+    io.add_argument("--json", action="store_true", help="print the report as JSON")
+    io.set_defaults(func=run)
+    probe.set_defaults(func=run)
+    return probe
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.probe_command == "io":
+        return run_probe_io(args)
+    print(f"probe: unknown command {args.probe_command!r}", file=sys.stderr)
+    return EXIT_UNUSABLE
+
+
+def run_probe_io(args: argparse.Namespace) -> int:
+    try:
+        params = build_params(args)
+    except UsageError as exc:
+        print(f"probe io: {exc}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    stop = StopControl(args.stop_file)
+    with stop_on_signals(stop):
+        report = run_io(params, stop=stop, log=_stderr_logger())
+    print(report.to_json() if args.json else report.summary(), flush=True)
+    reason = report.failure_reason()
+    if reason is None:
+        return EXIT_OK
+    print(f"probe io: FAILED: {reason}", file=sys.stderr, flush=True)
+    return EXIT_UNUSABLE if report.fatal else EXIT_LOST
+
+
+def build_params(args: argparse.Namespace) -> IoParams:
+    target = Target(args.target, args.lun, args.initiator_name, _credentials(args))
+    params = IoParams(
+        portals=tuple(normalize_portal(p) for p in args.portal), target=target, duration_s=args.duration,
+        interval_s=args.interval_ms / 1000, region_blocks=args.region_blocks, offset_blocks=args.offset_blocks,
+        command_timeout_s=args.command_timeout, login_timeout_s=args.login_timeout,
+        verify_budget_s=args.verify_timeout,
+    )
+    problems = params.problems()
+    if args.lun < 0:
+        problems.append(f"--lun must be >= 0 (got {args.lun})")
+    if problems:
+        raise UsageError("; ".join(problems))
+    return params
+
+
+def normalize_portal(portal: str) -> str:
+    """``host``, ``host:port``, ``[v6]`` or ``[v6]:port`` -> with the port spelled out (default 3260)."""
+    if portal.startswith("["):
+        host, _, rest = portal[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else "3260"
+        host = f"[{host}]"
+    else:
+        host, _, port = portal.rpartition(":") if ":" in portal else (portal, "", "3260")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"--portal {portal!r}: expected HOST:PORT")
+    return f"{host}:{port}"
+
+
+def _credentials(args: argparse.Namespace) -> Credentials | None:
+    if args.mutual_user and not args.chap_user:
+        raise UsageError("--mutual-user needs --chap-user (libiscsi does mutual CHAP only on top of CHAP)")
+    if bool(args.chap_user) != bool(args.chap_secret_file):
+        raise UsageError("--chap-user and --chap-secret-file go together")
+    if bool(args.mutual_user) != bool(args.mutual_secret_file):
+        raise UsageError("--mutual-user and --mutual-secret-file go together")
+    if not args.chap_user:
+        return None
+    mutual_secret = _read_secret(args.mutual_secret_file, "--mutual-secret-file") if args.mutual_user else None
+    return Credentials(args.chap_user, _read_secret(args.chap_secret_file, "--chap-secret-file"),
+                       args.mutual_user, mutual_secret)
+
+
+def _read_secret(path: Path, option: str) -> str:
+    # Errors name the file, never its content.
+    try:
+        secret = path.read_text().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{option} {path}: cannot read ({type(exc).__name__})") from None
+    if not secret:
+        raise UsageError(f"{option} {path}: empty")
+    return secret
+
+
+def _stderr_logger() -> Any:
+    # A logger of our own on stderr, whatever the process-wide structlog config is: stdout carries the report,
+    # and the info events (logged_in, connection_lost, progress) are the probe's live output that labs wait on,
+    # so hactl's global "warning" level must not filter them.
+    return structlog.wrap_logger(
+        structlog.PrintLogger(sys.stderr),
+        processors=[structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso"),
+                    structlog.processors.JSONRenderer()],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="hactl")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["probe", *(sys.argv[1:] if argv is None else argv)])
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -34,6 +34,9 @@ def check(args: argparse.Namespace) -> int:
     path = args.file or args.config or DEFAULT_PATH
     try:
         cfg = load(path)
+        backend_problems = _backend_problems(cfg)
+        if backend_problems:
+            raise ConfigError(backend_problems, path)
     except ConfigError as exc:
         if args.json:
             emit_json({"valid": False, "file": path, "problems": [_problem(p) for p in exc.problems]})
@@ -41,7 +44,7 @@ def check(args: argparse.Namespace) -> int:
             print(f"{path}: INVALID", file=sys.stderr)
             print(str(exc), file=sys.stderr)
         return USAGE
-    warns = warnings(cfg)
+    warns = warnings(cfg) + _backend_warnings(cfg)
     if args.json:
         emit_json({"valid": True, "file": path, "warnings": [_problem(p) for p in warns],
                    "cluster": cfg.cluster_name, "nodes": list(cfg.node_names),
@@ -52,6 +55,23 @@ def check(args: argparse.Namespace) -> int:
         for w in warns:
             print(f"  warning: {w}")
     return OK
+
+
+def _backend_problems(cfg: Any) -> list[Any]:
+    """What the configured backend cannot do, found without touching it (tgt: LUN 0, LUN masking, ...)."""
+    if cfg.backend == "tgt":
+        from hacontrol.adapters.tgt import desired
+
+        return desired.problems(cfg, None)
+    return []
+
+
+def _backend_warnings(cfg: Any) -> list[Any]:
+    if cfg.backend == "tgt":
+        from hacontrol.adapters.tgt import desired
+
+        return desired.warnings(cfg)
+    return []
 
 
 def _problem(p: Any) -> dict[str, Any]:

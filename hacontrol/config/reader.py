@@ -44,6 +44,7 @@ class Section:
             return self.data[name]
         if default is MISSING:
             self.problem(name, None, "is required", fix or f"add {name} = ...")
+            return None
         return default
 
     def _typed(self, name: str, default: Any, kinds: tuple[type, ...], what: str, example: str) -> Any:

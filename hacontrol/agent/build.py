@@ -14,6 +14,7 @@ from kazoo.exceptions import KazooException
 
 from hacontrol.adapters.fencing import Fencing
 from hacontrol.adapters.fencing.command import CommandFencer
+from hacontrol.adapters.metrics import Metrics
 from hacontrol.adapters.watchdog import DeviceWatchdog, NullWatchdog, SystemdNotifier, device_timeout_s
 from hacontrol.adapters.zookeeper import Coordinator, Session
 from hacontrol.agent import doubles
@@ -39,6 +40,7 @@ class Controller:
     coordinator: Coordinator
     agent: Agent
     notifier: SystemdNotifier
+    metrics: Metrics
     extras: dict[str, Any]
 
 
@@ -60,15 +62,17 @@ def build_controller(cfg: Config, node: str, doubles: str | None = None, zk_host
                 standby_registers=cfg.fencing.standby_registers, on_key_lost=cfg.fencing.on_key_lost)
     observer = Observer(spec, coordinator, parts["target"], parts["network"], fencing, parts["watchdog"], vips)
     notifier = SystemdNotifier()
-    timeline = Timeline(node, peer, record=lambda doc: _record(coordinator, doc))
+    metrics = Metrics(node)
+    timeline = Timeline(node, peer, record=lambda doc: (metrics.on_record(doc), _record(coordinator, doc)))
     executor = Executor(cfg.timing, coordinator, parts["target"], parts["network"], fencing, parts["watchdog"],
                         {v.key: v for v in vips}, ports=parts["ports"], rebooter=parts.get("rebooter"),
                         fence_budget_s=_fence_budget(cfg, peer))
     agent = Agent(cfg.timing, observer, executor, timeline=timeline, wake=wake)
-    agent.on_tick = lambda report: _notify(notifier, report)
+    agent.on_tick = lambda report: (metrics.on_tick(report), _notify(notifier, report))
+    executor.heartbeat = lambda: notifier.notify("WATCHDOG=1")
     executor.publish_extra = lambda: _publish_extra(agent)
     return Controller(node, peer, "doubles" if doubles else cfg.backend, cfg.timing, session, coordinator, agent,
-                      notifier, parts)
+                      notifier, metrics, parts)
 
 
 def _fence_budget(cfg: Config, peer: str) -> float:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -32,6 +34,7 @@ class StepResult:
     duration_s: float
     error: str = ""
     detail: str = ""
+    at: float = 0.0  # monotonic time the step ended
 
 
 class CoordinationSink(Protocol):
@@ -76,6 +79,8 @@ class Executor:
     fence_budget_s: float = 30.0
     publish_extra: Callable[[], dict[str, Any]] = dict
     clock: Callable[[], float] = time.monotonic
+    heartbeat: Callable[[], None] = lambda: None  # called while a long step (fencing) runs: keeps systemd's
+    # watchdog fed, because a power fence may legitimately take longer than WatchdogSec
 
     def run(self, plan: Plan) -> tuple[StepResult, ...]:
         results: list[StepResult] = []
@@ -92,7 +97,8 @@ class Executor:
             except Exception as exc:  # an adapter bug must not kill the loop; it is logged with its type
                 ok, error, detail = False, f"{type(exc).__name__}: {exc}", ""
                 log.exception("step_crashed", action=action.name)
-            results.append(StepResult(action.name, ok, self.clock() - start, error, detail))
+            end = self.clock()
+            results.append(StepResult(action.name, ok, end - start, error, detail, end))
             if not ok:
                 break
         return tuple(results)
@@ -105,7 +111,7 @@ class Executor:
             if not self.coordinator.release(a.epoch, deadline):
                 raise AdapterError("leader znode not ours to release")
         elif isinstance(a, A.FencePeer):
-            record = self.fencing.fence_peer(a.epoch, a.mode, deadline)
+            record = self._while_alive(lambda: self.fencing.fence_peer(a.epoch, a.mode, deadline), deadline)
             if not record.ok:
                 raise AdapterError(f"fencing failed: {record.detail}")
             return record.detail
@@ -115,7 +121,7 @@ class Executor:
             self.target.set_alua(a.own, a.peer, deadline)
         elif isinstance(a, A.AddVips):
             for key in sorted(a.addresses):
-                self.network.claim(self._vip(key), deadline)
+                self.network.claim(self._vip(key), deadline, check_duplicates=a.check_duplicates)
         elif isinstance(a, A.RemoveVips):
             for key in sorted(a.addresses):
                 address = self._vip(key)
@@ -144,6 +150,23 @@ class Executor:
         else:
             raise AdapterError(f"no handler for {a.name}")
         return ""
+
+    def _while_alive(self, call: Callable[[], Any], deadline: float) -> Any:
+        """Run a long step in a worker thread and keep beating until it ends (it is bounded by ``deadline``)."""
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fence")
+        future = pool.submit(call)
+        try:
+            for _ in range(100_000):  # bounded: the deadline check below ends it long before
+                try:
+                    return future.result(timeout=0.1)
+                except FutureTimeout:
+                    self.heartbeat()
+                    if self.clock() > deadline + 5.0:
+                        # The step ignores its own deadline: report it; the worker ends when its call does.
+                        raise AdapterError("fencing did not return within its deadline") from None
+            raise AdapterError("fencing did not return")
+        finally:
+            pool.shutdown(wait=False)
 
     def _vip(self, key: str) -> ManagedAddress:
         try:

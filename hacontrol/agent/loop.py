@@ -58,7 +58,7 @@ class Agent:
         report = TickReport(obs, plan, results, self.clock() - start)
         self._log(report)
         if self.timeline is not None:
-            self.timeline.tick(obs, plan, results)
+            self.timeline.tick(obs, plan, results, observed_at=start)
         if self.on_tick is not None:
             self.on_tick(report)
         self.last = report

@@ -54,6 +54,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.add_argument("--doubles", metavar="DIR", help="use recording doubles in DIR instead of hardware (tests)")
     p.add_argument("--zk-hosts", help="override zookeeper.hosts (tests, lab)")
+    p.add_argument("--metrics-listen", default=None,
+                   help="override metrics.listen (host:port); an empty string turns the endpoint off")
     p.add_argument("--handover-wait-s", type=float, default=10.0,
                    help="on stop, how long to wait for the peer to take over before closing the session")
     return p.parse_args(argv)
@@ -85,6 +87,12 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    listen = cfg.metrics_listen if args.metrics_listen is None else args.metrics_listen
+    if listen and not (args.doubles and args.metrics_listen is None):
+        try:
+            ctl.metrics.serve(listen)
+        except OSError as exc:  # metrics are for operators; a busy port must not stop failover
+            log.error("metrics_not_served", listen=listen, error=str(exc))
     return run(ctl, stop, args.handover_wait_s)
 
 

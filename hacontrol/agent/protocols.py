@@ -55,8 +55,8 @@ class NetworkPort(Protocol):
         """Keys of the given addresses that are configured on this controller now."""
         ...
 
-    def claim(self, address: ManagedAddress, deadline: float) -> None:
-        """Duplicate-address check, add the address, announce it (GARP / unsolicited NA). Idempotent."""
+    def claim(self, address: ManagedAddress, deadline: float, check_duplicates: bool = True) -> None:
+        """Duplicate-address check (unless told the peer released it), add, announce (GARP / NA). Idempotent."""
         ...
 
     def release(self, address: ManagedAddress, deadline: float) -> None:

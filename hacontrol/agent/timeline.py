@@ -48,9 +48,12 @@ class Timeline:
     demote_started: float | None = None
     demote_reason: Reason | None = None
     last_role: Role | None = None
+    _observed_at: float = 0.0
 
-    def tick(self, obs: Observation, plan: Plan, results: Sequence[StepResult]) -> None:
+    def tick(self, obs: Observation, plan: Plan, results: Sequence[StepResult], observed_at: float | None = None
+             ) -> None:
         now = self.clock()
+        self._observed_at = observed_at if observed_at is not None else now
         self._watch_takeover(obs, plan, results, now)
         self._watch_step_down(obs, plan, results, now)
         self.last_role = plan.role
@@ -61,25 +64,27 @@ class Timeline:
                                                                         Reason.MAINTENANCE):
             intent = c.switchover
             planned = intent is not None and intent.state == "pending" and intent.target == self.node
-            self.current = Takeover(now, self.wall(), c.epoch, "switchover" if planned else "failover", self.peer)
-            self.current.stamp("detect", now)
+            seen = self._observed_at
+            self.current = Takeover(seen, self.wall() - (now - seen), c.epoch, "switchover" if planned else "failover",
+                                    self.peer)
+            self.current.stamp("detect", seen)
         t = self.current
         if t is None:
             return
         if c.leader is not None and not (c.leader.ours and c.leader.node == self.node):
             self.current = None  # someone else won; nothing to record here
             return
-        ok = {r.action for r in results if r.ok}
+        ended = {r.action: (r.at or now) for r in results if r.ok}
         details = {r.action: r.detail for r in results if r.ok}
-        if "ClaimLeadership" in ok:
-            t.stamp("claimed", now)
-        if "FencePeer" in ok:
-            t.stamp("fenced", now)
+        if "ClaimLeadership" in ended:
+            t.stamp("claimed", ended["ClaimLeadership"])
+        if "FencePeer" in ended:
+            t.stamp("fenced", ended["FencePeer"])
             t.fence_detail = details.get("FencePeer", "")
-        if any(isinstance(a, A.SetAlua) and a.own.accepts_io for a in plan.actions) and "SetAlua" in ok:
-            t.stamp("alua", now)
-        if "AddVips" in ok:
-            t.stamp("vips", now)
+        if any(isinstance(a, A.SetAlua) and a.own.accepts_io for a in plan.actions) and "SetAlua" in ended:
+            t.stamp("alua", ended["SetAlua"])
+        if "AddVips" in ended:
+            t.stamp("vips", ended["AddVips"])
         if plan.role is Role.ACTIVE:
             t.stamp("active", now)
             self.record(self._doc(t, c.epoch))

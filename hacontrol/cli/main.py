@@ -3,6 +3,7 @@
     hactl status | failover [--to NODE] | maintenance on|off|show | history
     hactl config check [FILE]
     hactl simulate SCENARIO
+    hactl local step-down         (this controller only, no ZooKeeper: systemd's ExecStopPost)
     hactl probe io ...            (userspace iSCSI initiator: what does an initiator see?)
     hactl lab up|down|status|demo (the local lab)
 
@@ -16,7 +17,7 @@ import argparse
 import sys
 
 from hacontrol import __version__, logs
-from hacontrol.cli import config_cmd, operate, simulate, status
+from hacontrol.cli import config_cmd, local, operate, simulate, status
 from hacontrol.cli.common import USAGE, CliError
 
 
@@ -28,6 +29,7 @@ def parser() -> argparse.ArgumentParser:
     operate.add_parsers(sub)
     config_cmd.add_parser(sub)
     simulate.add_parser(sub)
+    local.add_parser(sub)
     _optional(sub, "hacontrol.cli.probe")
     _optional(sub, "hacontrol.cli.lab")
     return p

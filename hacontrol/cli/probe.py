@@ -68,6 +68,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     io.add_argument("--command-timeout", type=float, default=5.0, metavar="S", help="per-command timeout")
     io.add_argument("--login-timeout", type=float, default=5.0, metavar="S", help="per-login timeout")
     io.add_argument("--verify-timeout", type=float, default=60.0, metavar="S", help="verification budget")
+    io.add_argument("--max-backoff", type=float, default=1.0, metavar="S",
+                    help="longest wait between login attempts during an outage (default 1.0; lower it to "
+                         "measure a failover's end precisely)")
     io.add_argument("--stop-file", type=Path, metavar="PATH",
                     help="end the I/O phase when this file appears (SIGTERM/SIGINT do the same)")
     io.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -106,7 +109,8 @@ def build_params(args: argparse.Namespace) -> IoParams:
         portals=tuple(normalize_portal(p) for p in args.portal), target=target, duration_s=args.duration,
         interval_s=args.interval_ms / 1000, region_blocks=args.region_blocks, offset_blocks=args.offset_blocks,
         command_timeout_s=args.command_timeout, login_timeout_s=args.login_timeout,
-        verify_budget_s=args.verify_timeout,
+        verify_budget_s=args.verify_timeout, backoff_max_s=args.max_backoff,
+        backoff_initial_s=min(0.05, args.max_backoff),
     )
     problems = params.problems()
     if args.lun < 0:

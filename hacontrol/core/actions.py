@@ -94,6 +94,7 @@ class AddVips(Action):
 
     lease_bound: ClassVar[bool] = True
     addresses: frozenset[str]
+    check_duplicates: bool = True  # False only when the peer reported these addresses released (hand-over)
 
 
 @dataclass(frozen=True)

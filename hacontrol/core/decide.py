@@ -353,7 +353,9 @@ def _takeover(obs: Observation, now: float, timing: Timing, head: list[Action], 
         reason = Reason.FENCING if reason is Reason.FENCING else Reason.PROMOTING
     missing = obs.spec.vips - d.vips
     if missing:
-        actions.append(AddVips(frozenset(missing)))
+        # After a hand-over the peer itself reported the addresses gone: skip the duplicate-address wait,
+        # every millisecond between its removal and our announcement can cost an initiator a SYN timeout.
+        actions.append(AddVips(frozenset(missing), check_duplicates=not _peer_handed_over(obs)))
         reason = Reason.FENCING if reason is Reason.FENCING else Reason.PROMOTING
     actions.extend(_port_moves(obs, epoch))
     intent = c.switchover

@@ -147,13 +147,13 @@ class AgentPair:
     def zk_hosts(self, node: str) -> str:
         return ",".join(p.address for p in self.proxies[node])
 
-    def start(self, node: str) -> None:
+    def start(self, node: str, *extra: str, env: dict[str, str] | None = None) -> None:
         log = open(self.work / f"{node}.log", "ab")  # noqa: SIM115 - the child owns it
         argv = [sys.executable, "-m", "hacontrol.agent.main", "--config", str(self.config), "--node", node,
                 "--doubles", str(self.doubles), "--zk-hosts", self.zk_hosts(node), "--log-format", "json",
-                "--handover-wait-s", "3"]
+                "--handover-wait-s", "3", *extra]
         self.procs[node] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-                                            start_new_session=True)
+                                            start_new_session=True, env={**os.environ, **(env or {})})
         log.close()
 
     def start_all(self) -> None:

@@ -226,6 +226,23 @@ def test_without_announcements_the_client_keeps_the_stale_neighbour(topo: Topolo
 
 
 @pytest.mark.parametrize("family", ["v4", "v6"])
+def test_planned_claim_skips_the_duplicate_check_but_still_adds_and_announces(topo: Topology, servers: Servers,
+                                                                             family: str) -> None:
+    """After a hand-over the peer reported the address released: no probe wait, same result."""
+    a, b, client = (topo.members[n] for n in ("a", "b", "client"))
+    vip = vip_for(topo, family)
+    servers.start("a")
+    servers.start("b")
+    network(a).claim(vip, deadline())
+    assert greeting(client, vip) == "a"  # the client now has a neighbour entry pointing at a
+    network(a).release(vip, deadline())
+    network(b).claim(vip, deadline(), check_duplicates=False)
+    assert network(b).present([vip]) == {vip.key}
+    wait_for(lambda: neighbour_mac(client, vip.address.ip) == b.mac, "the announcement to reach the client")
+    assert greeting(client, vip) == "b"
+
+
+@pytest.mark.parametrize("family", ["v4", "v6"])
 def test_duplicate_address_names_the_holder_and_changes_nothing(topo: Topology, family: str) -> None:
     a, b = topo.members["a"], topo.members["b"]
     vip = vip_for(topo, family)

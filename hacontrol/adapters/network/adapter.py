@@ -60,7 +60,9 @@ class Network:
             configured = {(names.get(msg["index"]), _interface_of(msg)) for msg in ipr.get_addr()}
         return frozenset(a.key for a in wanted if (a.interface, a.address) in configured)
 
-    def claim(self, address: ManagedAddress, deadline: float) -> None:
+    def claim(self, address: ManagedAddress, deadline: float, check_duplicates: bool = True) -> None:
+        """Add and announce ``address``; first make sure nobody answers for it, unless the caller knows
+        (a planned hand-over: the peer reported the address released) and asks to skip the check."""
         started = time.monotonic()
         _check_deadline(deadline, "claim", address)
         with rtnl(self.netns) as ipr:
@@ -70,9 +72,10 @@ class Network:
                 _check_claimable(link, address)
             # One raw socket for the check and the announcements: closing a packet socket waits for an RCU
             # grace period (~10 ms here), which must not sit between the check and the first announcement.
-            with self._raw_link(link, address, listen=not held) as raw:
+            with self._raw_link(link, address, listen=not held and check_duplicates) as raw:
                 if not held:
-                    self._check_duplicate(raw, link, address, deadline)
+                    if check_duplicates:
+                        self._check_duplicate(raw, link, address, deadline)
                     _add(ipr, link, address)
                 sent = self._announce(raw, link, address, deadline)
         self._log.info("network.claim", address=address.key, interface=link.name, already_held=held,

@@ -1,0 +1,75 @@
+"""Operations against real agent processes: sd_notify READY/WATCHDOG, and the metrics endpoint."""
+
+from __future__ import annotations
+
+import socket
+import time
+import urllib.request
+
+import pytest
+
+from tests.integration.agentkit import NODES, AgentPair
+
+pytestmark = [pytest.mark.zookeeper, pytest.mark.slow]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def metric(port: int, name: str) -> dict[str, float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+            if line.startswith(name)}
+
+
+def test_agent_sends_ready_then_watchdog_keepalives(zk_ensemble, zk_chroot, tmp_path):
+    path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(10)
+    pair = AgentPair(zk_ensemble, zk_chroot, tmp_path / "pair")
+    try:
+        pair.start(NODES[0], env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "2000000"})
+        messages = [sock.recv(4096).decode() for _ in range(5)]
+        assert messages[0].startswith("READY=1")
+        assert all(m.startswith("WATCHDOG=1\nSTATUS=") for m in messages[1:])
+        pair.stop()
+        tail = []
+        sock.settimeout(2)
+        for _ in range(200):
+            try:
+                tail.append(sock.recv(4096).decode())
+            except TimeoutError:
+                break
+        assert "STOPPING=1" in tail
+    finally:
+        pair.stop()
+        sock.close()
+
+
+def test_metrics_show_role_epoch_and_failover_phases(zk_ensemble, zk_chroot, tmp_path):
+    ports = {n: free_port() for n in NODES}
+    pair = AgentPair(zk_ensemble, zk_chroot, tmp_path / "pair", fencing=("scsi_pr", "command"))
+    try:
+        for n in NODES:
+            pair.start(n, "--metrics-listen", f"127.0.0.1:{ports[n]}")
+        active = pair.active_steady()
+        survivor = next(n for n in NODES if n != active)
+        assert metric(ports[active], "hacontrol_leader") == {"hacontrol_leader": 1.0}
+        assert metric(ports[active], "hacontrol_role")['hacontrol_role{role="active"}'] == 1.0
+        pair.kill(active)
+        pair.wait_for(lambda: pair.active_steady() == survivor, 20, "the survivor to be active")
+        deadline = time.monotonic() + 10
+        phases: dict[str, float] = {}
+        while time.monotonic() < deadline and not phases:
+            phases = {k: v for k, v in metric(ports[survivor], "hacontrol_failover_phase_seconds_count").items()
+                      if 'kind="failover"' in k}
+            time.sleep(0.2)
+        assert any('phase="active"' in k and v >= 1 for k, v in phases.items()), phases
+        assert any('phase="fenced"' in k for k in phases)
+        assert metric(ports[survivor], "hacontrol_epoch")["hacontrol_epoch"] >= 2
+    finally:
+        pair.stop()

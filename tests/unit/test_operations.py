@@ -1,0 +1,104 @@
+"""Operations: the systemd units verify, the notifier speaks sd_notify, logs never carry secrets."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import structlog
+
+from hacontrol import logs
+from hacontrol.adapters.watchdog import SystemdNotifier, device_timeout_s
+from hacontrol.config import load
+from hacontrol.config.schema import Secret
+
+ROOT = Path(__file__).resolve().parents[2]
+UNITS = sorted((ROOT / "systemd").glob("*.service"))
+
+
+def _rendered(tmp_path: Path) -> list[Path]:
+    """The units with their install paths pointed at this test's interpreter, so verify finds the binaries."""
+    bindir = str(Path(sys.executable).parent)
+    out = []
+    for unit in UNITS:
+        text = unit.read_text().replace("/opt/hacontrol/venv/bin", bindir)
+        target = tmp_path / unit.name
+        target.write_text(text)
+        out.append(target)
+    return out
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_systemd_units_verify_clean(tmp_path):
+    units = _rendered(tmp_path)
+    result = subprocess.run(["systemd-analyze", "verify", *map(str, units)], capture_output=True, text=True,
+                            timeout=60, check=False)
+    problems = [line for line in (result.stdout + result.stderr).splitlines()
+                if line.strip() and "rtslib-fb-targetctl.service" not in line and "zookeeper" not in line.lower()]
+    assert result.returncode == 0 and not problems, result.stdout + result.stderr
+
+
+def test_agent_unit_is_notify_with_a_watchdog_matching_the_default_session():
+    text = (ROOT / "systemd" / "hacontrol.service").read_text()
+    assert "Type=notify" in text and "WatchdogSec=2s" in text
+    assert "ExecStopPost=/opt/hacontrol/venv/bin/hactl local step-down" in text
+    assert load(ROOT / "examples" / "hacontrol.toml").timing.session_timeout_s == 2.0
+
+
+def test_notifier_sends_ready_and_watchdog_to_the_notify_socket(tmp_path):
+    path = str(tmp_path / "notify")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(2)
+    try:
+        n = SystemdNotifier(path)
+        n.ready("starting")
+        n.alive("active: active")
+        assert sock.recv(4096).decode() == "READY=1\nSTATUS=starting"
+        assert sock.recv(4096).decode() == "WATCHDOG=1\nSTATUS=active: active"
+    finally:
+        sock.close()
+    assert not SystemdNotifier("").enabled
+
+
+def test_hardware_watchdog_timeout_is_whole_seconds_and_refuses_negative_slack():
+    assert device_timeout_s(4.0, 0.6) == 3
+    assert device_timeout_s(2.0, 0.4) == 1
+    with pytest.raises(ValueError, match="at least 1"):
+        device_timeout_s(1.0, 0.4)
+
+
+def test_log_processor_masks_secrets_anywhere():
+    out = io.StringIO()
+    logs.configure("json", "info", stream=out)
+    try:
+        structlog.get_logger("t").info("login", user="esx01", secret="Esx01-Chap-Key1",
+                                       chap=Secret("Array1-Chap-01"),
+                                       auth={"password": "zk-digest-password", "userid": "array1"},
+                                       args=["ok", Secret("hidden-in-a-list")])
+    finally:
+        logs.configure("json", "warning")
+    line = out.getvalue()
+    for secret in ("Esx01-Chap-Key1", "Array1-Chap-01", "zk-digest-password", "hidden-in-a-list"):
+        assert secret not in line
+    doc = json.loads(line)
+    assert doc["event"] == "login" and doc["user"] == "esx01" and doc["auth"]["userid"] == "array1"
+    assert doc["secret"] == doc["chap"] == doc["auth"]["password"] == "***"
+
+
+def test_a_logged_config_never_shows_its_secrets():
+    out = io.StringIO()
+    logs.configure("json", "info", stream=out)
+    try:
+        cfg = load(ROOT / "examples" / "hacontrol.toml")
+        structlog.get_logger("t").info("config", cfg=repr(cfg), zk=cfg.zookeeper, target=cfg.targets[0])
+    finally:
+        logs.configure("json", "warning")
+    for secret in ("Array1-Chap-01", "zk-digest-password", "ipmi-secret-a", "disc0very-Secr3t"):
+        assert secret not in out.getvalue()

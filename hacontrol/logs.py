@@ -39,8 +39,21 @@ def redact_secrets(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str,
     return {k: redact(v, k) for k, v in event.items()}
 
 
+class _Stderr:
+    """Whatever sys.stderr is at the moment of writing (tests swap it; a bound stream would go stale)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
 def configure(fmt: str = "auto", level: str = "info", stream: Any = None) -> None:
-    stream = stream or sys.stderr
+    stream = stream or _Stderr()
     if fmt == "auto":
         fmt = "console" if stream.isatty() else "json"
     renderer: Any = structlog.dev.ConsoleRenderer(colors=False) if fmt == "console" else \
@@ -59,5 +72,5 @@ def configure(fmt: str = "auto", level: str = "info", stream: Any = None) -> Non
         cache_logger_on_first_use=False,
     )
     # kazoo logs through the standard library: keep it quiet unless asked.
-    logging.basicConfig(level=logging.WARNING, stream=stream)
+    logging.basicConfig(level=logging.WARNING, stream=stream)  # type: ignore[arg-type]
     logging.getLogger("kazoo").setLevel(logging.WARNING if level != "debug" else logging.INFO)

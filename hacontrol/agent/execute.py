@@ -79,6 +79,7 @@ class Executor:
     fence_budget_s: float = 30.0
     publish_extra: Callable[[], dict[str, Any]] = dict
     clock: Callable[[], float] = time.monotonic
+    announced_at: float | None = None  # last claim or announcement of our VIPs (read by the observer)
     heartbeat: Callable[[], None] = lambda: None  # called while a long step (fencing) runs: keeps systemd's
     # watchdog fed, because a power fence may legitimately take longer than WatchdogSec
 
@@ -122,6 +123,11 @@ class Executor:
         elif isinstance(a, A.AddVips):
             for key in sorted(a.addresses):
                 self.network.claim(self._vip(key), deadline, check_duplicates=a.check_duplicates)
+            self.announced_at = self.clock()
+        elif isinstance(a, A.AnnounceVips):
+            for key in sorted(a.addresses):
+                self.network.announce(self._vip(key), deadline)
+            self.announced_at = self.clock()
         elif isinstance(a, A.RemoveVips):
             for key in sorted(a.addresses):
                 address = self._vip(key)

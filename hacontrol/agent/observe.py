@@ -9,7 +9,7 @@ them), and the disks are reported not visible.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -38,6 +38,7 @@ class Observer:
     storage: StorageSource
     watchdog: WatchdogPort
     vips: Sequence[ManagedAddress]
+    announced_at: Callable[[], float | None] = lambda: None
     _datapath: DataPath = field(default_factory=lambda: DataPath(configured=False, own_group=None, peer_group=None))
     _vips_held: frozenset[str] = frozenset()
 
@@ -57,7 +58,7 @@ class Observer:
             dp = self.target.observe()
             if not self.spec.alua:
                 dp = replace(dp, own_group=None, peer_group=None)
-            self._datapath = replace(dp, vips=self._vips_held)
+            self._datapath = replace(dp, vips=self._vips_held, announced_at=self.announced_at())
         except AdapterError as exc:
             log.warning("observe_target_failed", error=str(exc))
             self._datapath = replace(self._datapath, configured=False, vips=self._vips_held)

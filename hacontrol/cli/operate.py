@@ -77,11 +77,12 @@ def failover(args: argparse.Namespace) -> int:
             intent = adm.request_switchover(target, timeout, who())
         except IntentRefused as exc:
             raise CliError(str(exc), REFUSED) from exc
-        return _follow(args, adm, intent.intent_id, target=target, epoch_before=view.epoch, timeout=timeout)
+        return _follow(args, adm, intent.intent_id, target=target, epoch_before=view.epoch, timeout=timeout,
+                       requested_at=intent.at)
 
 
 def _follow(args: argparse.Namespace, adm: Any, intent_id: str, *, target: str, epoch_before: int,
-            timeout: float) -> int:
+            timeout: float, requested_at: float) -> int:
     start = time.monotonic()
     deadline = start + timeout
     while time.monotonic() < deadline:
@@ -93,7 +94,8 @@ def _follow(args: argparse.Namespace, adm: Any, intent_id: str, *, target: str, 
         if intent.state == "done":
             view = adm.view()
             _done(args, {"result": "done", "active": target, "epoch": view.epoch, "epoch_before": epoch_before,
-                         "intent": intent_id, "elapsed_s": round(time.monotonic() - start, 3)})
+                         "intent": intent_id, "elapsed_s": round(time.monotonic() - start, 3),
+                         "requested_at": requested_at})
             return OK
         time.sleep(0.05)
     adm.expire_switchover(intent_id, f"hactl gave up after {timeout:.0f} s")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -11,6 +12,10 @@ from hacontrol.config.schema import IPInterface, IPNetwork, Secret
 from hacontrol.core.problems import Problem
 
 MISSING: Any = object()
+
+# Set by tests/unit/test_config_reference.py to learn every key the loader reads (indices stripped), so
+# that docs/configuration.md can be checked against the loader itself.
+key_observer: Callable[[str], None] | None = None
 
 
 class Section:
@@ -27,6 +32,10 @@ class Section:
             if data is not None:
                 self.problem("", data, "must be a table", f"write it as [{path}] or {{ key = value }}")
 
+    def _note(self, name: str) -> None:
+        if key_observer is not None:
+            key_observer(re.sub(r"\[\d+\]", "", self.key(name)))
+
     def key(self, name: str) -> str:
         if not name:
             return self.path or "<top>"
@@ -39,6 +48,7 @@ class Section:
         return name in self.data
 
     def _raw(self, name: str, default: Any, fix: str) -> Any:
+        self._note(name)
         self._seen.add(name)
         if name in self.data:
             return self.data[name]
@@ -96,6 +106,7 @@ class Section:
 
     def ints(self, name: str) -> tuple[int, ...] | None:
         """An optional list of whole numbers (None when absent)."""
+        self._note(name)
         self._seen.add(name)
         if name not in self.data:
             return None
@@ -106,6 +117,7 @@ class Section:
         return tuple(value)
 
     def secret(self, name: str, default: Any = MISSING) -> Any:
+        self._note(name)
         self._seen.add(name)
         if name not in self.data:
             if default is MISSING:

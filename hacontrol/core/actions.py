@@ -98,6 +98,13 @@ class AddVips(Action):
 
 
 @dataclass(frozen=True)
+class AnnounceVips(Action):
+    """Re-send gratuitous ARP / unsolicited NA for addresses we hold (switches and hosts forget)."""
+
+    addresses: frozenset[str]
+
+
+@dataclass(frozen=True)
 class RemoveVips(Action):
     """Cut the iSCSI connections on these addresses, then remove them."""
 

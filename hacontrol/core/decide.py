@@ -28,6 +28,7 @@ from hacontrol.core.actions import (
     Action,
     AddVips,
     AdoptPeerPorts,
+    AnnounceVips,
     ArmWatchdog,
     BringUpOwnPorts,
     ClaimLeadership,
@@ -362,6 +363,9 @@ def _takeover(obs: Observation, now: float, timing: Timing, head: list[Action], 
     if (reason is Reason.ACTIVE and intent is not None and intent.state == "pending"
             and intent.target == obs.node):
         actions.append(FinishSwitchover(intent.intent_id, "done"))
+    every = obs.spec.announce_every_s
+    if reason is Reason.ACTIVE and every > 0 and d.vips and (d.announced_at is None or now - d.announced_at >= every):
+        actions.append(AnnounceVips(d.vips))
     role = Role.ACTIVE if reason is Reason.ACTIVE else Role.PROMOTING
     return Plan(reason, role, tuple(actions), until)
 

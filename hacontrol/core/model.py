@@ -176,6 +176,7 @@ class DataPath:
     vips: frozenset[str] = frozenset()
     own_ports_up: bool = True  # this controller's own portal addresses are present
     peer_ports_hosted: bool = False  # we host the peer's portal addresses and target port
+    announced_at: float | None = None  # when our held VIPs were last announced (GARP / unsolicited NA)
 
     @property
     def serving(self) -> bool:
@@ -200,6 +201,7 @@ class Spec:
     port_takeover: bool = False
     standby_registers: bool = True
     on_key_lost: str = "standby"  # standby | reboot
+    announce_every_s: float = 0.0  # periodic re-announcement of held VIPs (0: only when claimed)
 
 
 @dataclass(frozen=True)

@@ -140,8 +140,10 @@ class Demo:
         time.sleep(2.0)
         report = self.stop_probe("planned", proc, stop_file)
         record = self._last_history(lambda e: e.get("kind") == "switchover" and e.get("to") == target)
-        result = _timeline(t_req, record, report)
-        result["hactl_elapsed_s"] = json.loads(out.stdout).get("elapsed_s")
+        done = json.loads(out.stdout)
+        # Time zero is when the intent reached ZooKeeper, not when hactl started (its start-up is not failover).
+        result = _timeline(float(done.get("requested_at", t_req)), record, report)
+        result["hactl_elapsed_s"] = done.get("elapsed_s")
         return result
 
     def _last_history(self, match: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:

@@ -376,6 +376,9 @@ class Cluster:
             c.promoted_epoch = c.view.epoch if c.view else None
         return True
 
+    def _do_AnnounceVips(self, c: Controller, a: A.AnnounceVips) -> bool:
+        return a.addresses <= c.vips
+
     def _do_RemoveVips(self, c: Controller, a: A.RemoveVips) -> bool:
         c.vips -= set(a.addresses)
         return True

@@ -342,3 +342,14 @@ def test_shutdown_of_a_standby_only_publishes():
     from hacontrol.core.decide import shutdown_plan
 
     assert [a.name for a in shutdown_plan(standby()).actions] == ["Publish"]
+
+
+def test_active_reannounces_its_vips_periodically():
+    o = with_spec(active(), announce_every_s=10.0)
+    assert A.AnnounceVips(VIPS) in decide(o, NOW, T).actions  # never announced in this process
+    recent = with_datapath(o, announced_at=NOW - 3)
+    assert not any(isinstance(a, A.AnnounceVips) for a in decide(recent, NOW, T).actions)
+    due = with_datapath(o, announced_at=NOW - 10)
+    assert A.AnnounceVips(VIPS) in decide(due, NOW, T).actions
+    off = with_spec(due, announce_every_s=0.0)
+    assert not any(isinstance(a, A.AnnounceVips) for a in decide(off, NOW, T).actions)

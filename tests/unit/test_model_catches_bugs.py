@@ -11,19 +11,47 @@ import dataclasses
 
 import pytest
 from hypothesis import Phase, settings
+from hypothesis import strategies as st
 from hypothesis.stateful import run_state_machine_as_test
 
 import hacontrol.core.decide as core
 from hacontrol.core.model import AluaState, SessionState
+from hacontrol.simulation.cluster import Profile
 from tests.unit.test_model_statemachine import LeaseAlone, TwoControllers
+
+
+class HandoverRaces(LeaseAlone):
+    """The lease-alone model restricted to what a hand-over race needs: VIP-only pairs, no faults but
+    switchovers and waits (with interrupted plans). Finds an ordering bug in far fewer examples.
+    Redefining a rule's method without @rule removes that rule from this machine."""
+
+    profiles = st.builds(Profile, pr=st.just(True), alua=st.just(False), power_fencing=st.just(False),
+                         hardware_watchdog=st.just(False), port_takeover=st.just(False))
+
+    def crash_agent(self, node: str) -> None: ...
+
+    def restart_agent(self, node: str) -> None: ...
+
+    def freeze(self, node: str, factor: float) -> None: ...
+
+    def power_cycle(self, node: str) -> None: ...
+
+    def partition_from_zookeeper(self, node: str, cut: bool) -> None: ...
+
+    def lose_disk_path(self, node: str, cut: bool) -> None: ...
+
+    def break_fence_device(self, node: str, broken: bool) -> None: ...
+
+    def maintenance(self, on: bool) -> None: ...
+
 
 HUNT = settings(max_examples=400, stateful_step_count=30, deadline=None, derandomize=True,
                 phases=[Phase.explicit, Phase.generate], database=None)
 
 
-def _hunt(machine) -> str:
+def _hunt(machine, examples: int = 400) -> str:
     with pytest.raises(AssertionError) as caught:
-        run_state_machine_as_test(machine, settings=HUNT)
+        run_state_machine_as_test(machine, settings=settings(HUNT, max_examples=examples))
     return str(caught.value)
 
 
@@ -73,4 +101,4 @@ def test_handing_over_before_stepping_down_is_caught(monkeypatch):
         return dataclasses.replace(plan, actions=(*release, *rest))
 
     monkeypatch.setattr(core, "_handle_switchover", eager)
-    _hunt(LeaseAlone)
+    _hunt(HandoverRaces, examples=1000)

@@ -178,8 +178,9 @@ def _timeline(t0: float, record: dict[str, Any], probe: dict[str, Any]) -> dict[
 
 
 def _outage_after(probe: dict[str, Any], offset_s: float) -> dict[str, Any] | None:
+    """The first loss the probe saw at or after the fault (50 ms of slack for two processes' clocks)."""
     for o in probe.get("outages", []):
-        if o["lost_t_s"] >= offset_s - 0.5:
+        if o["lost_t_s"] >= offset_s - 0.05:
             return o
     return None
 

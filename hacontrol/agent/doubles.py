@@ -92,6 +92,9 @@ class RecordingTarget:
         self.state.record("configure")
         return "recorded"
 
+    def update_config(self, cfg: object) -> None:
+        self.state.record("update_config", targets=len(getattr(cfg, "targets", ())))
+
     def set_alua(self, own: AluaState, peer: AluaState, deadline: float) -> None:
         with self.state.locked(self.name) as doc:
             if doc.get("off"):

@@ -80,6 +80,7 @@ class Executor:
     publish_extra: Callable[[], dict[str, Any]] = dict
     clock: Callable[[], float] = time.monotonic
     announced_at: float | None = None  # last claim or announcement of our VIPs (read by the observer)
+    on_published: Callable[[], None] = lambda: None
     heartbeat: Callable[[], None] = lambda: None  # called while a long step (fencing) runs: keeps systemd's
     # watchdog fed, because a power fence may legitimately take longer than WatchdogSec
 
@@ -147,6 +148,7 @@ class Executor:
             report = PeerReport("", a.role, a.own_alua, a.vips, a.ready, a.epoch_seen, a.handed_off,
                                 a.hosts_peer_ports, a.maintenance_seen, a.reason, a.blockers, a.frozen)
             self.coordinator.publish(report, self.publish_extra(), deadline)
+            self.on_published()
         elif isinstance(a, A.FinishSwitchover):
             self.coordinator.finish_switchover(a.intent_id, a.outcome, a.reason, deadline)
         elif isinstance(a, A.KeyLost):

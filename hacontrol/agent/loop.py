@@ -11,11 +11,12 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import structlog
 
+from hacontrol.agent.configsync import ConfigSync
 from hacontrol.agent.execute import Executor, StepResult
 from hacontrol.agent.observe import Observer
 from hacontrol.agent.timeline import Timeline
@@ -46,6 +47,7 @@ class Agent:
     wake: threading.Event = field(default_factory=threading.Event)
     clock: Callable[[], float] = time.monotonic
     on_tick: Callable[[TickReport], None] | None = None
+    config_sync: ConfigSync | None = None
     last: TickReport | None = None
     _last_reason: Any = None
 
@@ -53,6 +55,10 @@ class Agent:
         start = self.clock()
         self.wake.clear()
         obs = self.observer.observe(start + max(self.timing.operation_timeout_s, self.timing.loop_interval_s))
+        if self.config_sync is not None:
+            self.config_sync.tick(self.clock() + self.timing.operation_timeout_s)
+            if self.config_sync.dirty:  # our report changed outside the core's view: make it publish again
+                obs = replace(obs, coord=replace(obs.coord, published=None))
         plan = decide(obs, self.clock(), self.timing)
         results = self.executor.run(plan) if plan.actions else ()
         report = TickReport(obs, plan, results, self.clock() - start)

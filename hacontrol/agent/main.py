@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hacontrol: {exc}", file=sys.stderr)
         return EXIT_NODE
     structlog.contextvars.bind_contextvars(node=node, cluster=cfg.cluster_name)
-    ctl = build_controller(cfg, node, doubles=args.doubles, zk_hosts=args.zk_hosts)
+    ctl = build_controller(cfg, node, doubles=args.doubles, zk_hosts=args.zk_hosts, config_path=Path(args.config),
+                           config_text=Path(args.config).read_text())
     if args.doubles:
         Path(args.doubles, f"{node}.pid").write_text(str(os.getpid()))
     stop = threading.Event()

@@ -17,7 +17,7 @@ import argparse
 import sys
 
 from hacontrol import __version__, logs
-from hacontrol.cli import config_cmd, local, operate, simulate, status
+from hacontrol.cli import completion, config_cmd, local, operate, simulate, status
 from hacontrol.cli.common import USAGE, CliError
 
 
@@ -30,6 +30,7 @@ def parser() -> argparse.ArgumentParser:
     config_cmd.add_parser(sub)
     simulate.add_parser(sub)
     local.add_parser(sub)
+    completion.add_parser(sub)
     _optional(sub, "hacontrol.cli.probe")
     _optional(sub, "hacontrol.cli.lab")
     return p

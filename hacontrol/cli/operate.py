@@ -112,15 +112,17 @@ def _done(args: argparse.Namespace, doc: dict[str, Any]) -> None:
 
 def maintenance(args: argparse.Namespace) -> int:
     with admin(args) as (adm, _cfg):
-        if args.state == "show":
-            doc = adm.view().maintenance
-        else:
-            doc = adm.set_maintenance(args.state == "on", args.reason, who())
-    out = {"enabled": doc.enabled, "reason": doc.reason, "by": doc.by, "at": doc.at}
+        doc = adm.view().maintenance if args.state == "show" else adm.set_maintenance(args.state == "on", args.reason,
+                                                                                       who())
+        would = {name: m.doc.get("frozen", []) for name, m in adm.view().members.items()}
+    out = {"enabled": doc.enabled, "reason": doc.reason, "by": doc.by, "at": doc.at, "would_have_done": would}
     if args.json:
         emit_json(out)
-    else:
-        print(f"maintenance {'on' if doc.enabled else 'off'}" + (f": {doc.reason}" if doc.reason else ""))
+        return OK
+    print(f"maintenance {'on' if doc.enabled else 'off'}" + (f": {doc.reason}" if doc.reason else ""))
+    for name, actions in sorted(would.items()):
+        if actions:
+            print(f"  {name} would have done: {', '.join(actions)}")
     return OK
 
 

@@ -68,6 +68,8 @@ def status_doc(view: ClusterView, cfg: Config, now_wall: float) -> dict[str, Any
             "storage_visible": d.get("storage_visible"),
             "fence": d.get("fence"),
             "hosts_peer_ports": d.get("hosts_peer_ports", False),
+            "config": {"sha256": (d.get("config_sha256") or "")[:12], "number": d.get("config_number"),
+                       "restart_pending": d.get("config_restart_pending", False), "error": d.get("config_error", "")},
             "last_seen_s": None if m is None else round(now_wall - m.modified_wall, 3),
         })
     switchover = None
@@ -136,6 +138,10 @@ def render(doc: dict[str, Any]) -> str:
     for n in doc["nodes"]:
         if n["frozen_actions"]:
             lines.append(f"  {n['node']} would have done: {', '.join(n['frozen_actions'])}")
+    for n in doc["nodes"]:
+        c = n["config"]
+        if c["error"] or c["restart_pending"]:
+            lines.append(f"  {n['node']} configuration: {c['error'] or 'restart needed for non-target changes'}")
     s = doc["switchover"]
     if s is None:
         lines.append("switchover: none")

@@ -222,5 +222,7 @@ def test_maintenance_blocks_automatic_failover_and_status_says_so(pair_factory):
     frozen = next(n for n in doc["nodes"] if n["node"] == survivor)["frozen_actions"]
     assert "ClaimLeadership" in frozen
     assert "would have done: " in pair.hactl("status").stdout
+    shown = json.loads(pair.hactl("maintenance", "show", "--json").stdout)
+    assert shown["enabled"] and "ClaimLeadership" in shown["would_have_done"][survivor]
     pair.hactl("maintenance", "off")
     pair.wait_for(lambda: pair.leader() == (survivor, epoch + 1), 15, "the takeover after maintenance")

@@ -73,3 +73,52 @@ def test_metrics_show_role_epoch_and_failover_phases(zk_ensemble, zk_chroot, tmp
         assert metric(ports[survivor], "hacontrol_epoch")["hacontrol_epoch"] >= 2
     finally:
         pair.stop()
+
+
+TARGET = """
+[[target]]
+iqn = "iqn.2026-11.org.example:itest"
+  [target.auth]
+  userid = "itest"
+  secret = "Itest-Chap-0001"
+  [[target.lun]]
+  id = 1
+  name = "lun1"
+  device = "/dev/disk/by-id/wwn-0x5000c500a1b2c3d4"
+  serial = "0123456789abcdef0123456789abcdef"
+"""
+
+
+def test_config_apply_distributes_to_both_agents_and_refuses_invalid_files(zk_ensemble, zk_chroot, tmp_path):
+    import json
+
+    pair = AgentPair(zk_ensemble, zk_chroot, tmp_path / "pair")
+    try:
+        pair.start_all()
+        pair.active_steady()
+        new = tmp_path / "new.toml"
+        new.write_text(pair.config.read_text() + TARGET)
+        diff = pair.hactl("config", "diff", str(new))
+        assert diff.returncode == 0 and "+iqn = " in diff.stdout and "Itest-Chap-0001" not in diff.stdout
+        applied = pair.hactl("config", "apply", str(new), "--yes", "--json")
+        assert applied.returncode == 0, applied.stderr
+        doc = json.loads(applied.stdout)
+        assert doc["applied"] and all(n["sha256_ok"] for n in doc["nodes"].values())
+        assert not any(n["restart_pending"] for n in doc["nodes"].values())  # only the target part changed
+        assert "[[target]]" in pair.config.read_text()  # the agents wrote it over their file
+        status = pair.status()
+        assert {n["config"]["sha256"] for n in status["nodes"]} == {doc["sha256"][:12]}
+        assert any(c["call"] == "update_config" for c in pair.calls(NODES[0]))
+        again = pair.hactl("config", "apply", str(new), "--yes")
+        assert again.returncode == 0 and "no change" in again.stdout
+        bad = tmp_path / "bad.toml"
+        bad.write_text(new.read_text().replace("demote_deadline_s = 1.0", "demote_deadline_s = 5.0"))
+        refused = pair.hactl("config", "apply", str(bad), "--yes")
+        assert refused.returncode == 2 and "nothing was applied" in refused.stderr
+        assert pair.hactl("config", "diff", str(new)).stdout.strip() == "no change"
+        slower = tmp_path / "slower.toml"
+        slower.write_text(new.read_text().replace("fence_retry_s = 0.5", "fence_retry_s = 0.7"))
+        restart = json.loads(pair.hactl("config", "apply", str(slower), "--yes", "--json").stdout)
+        assert all(n["restart_pending"] for n in restart["nodes"].values())
+    finally:
+        pair.stop()

@@ -102,3 +102,23 @@ def test_a_logged_config_never_shows_its_secrets():
         logs.configure("json", "warning")
     for secret in ("Array1-Chap-01", "zk-digest-password", "ipmi-secret-a", "disc0very-Secr3t"):
         assert secret not in out.getvalue()
+
+
+def test_bash_completion_knows_every_verb(tmp_path):
+    from hacontrol.cli.completion import script
+    from hacontrol.cli.main import parser
+
+    text = script(parser())
+    path = tmp_path / "hactl.bash"
+    path.write_text(text)
+    assert subprocess.run(["bash", "-n", str(path)], check=False).returncode == 0
+
+    def complete(*words: str) -> list[str]:
+        cmd = (f"source {path}; COMP_WORDS=(hactl {' '.join(words)}); COMP_CWORD={len(words)}; _hactl; "
+               'echo "${COMPREPLY[@]}"')
+        return subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, check=True).stdout.split()
+
+    assert {"status", "failover", "maintenance", "history", "config", "lab", "probe"} <= set(complete(""))
+    assert [w for w in complete("lab", "kill", "") if not w.startswith("-")] == ["ctrl-a", "ctrl-b"]
+    assert "apply" in complete("config", "")
+    assert complete("maintenance", "o") == ["off", "on"]

@@ -291,6 +291,11 @@ class TgtTargetPort:
             self._ok_at = now if ok else None
         return DataPath(configured=self._ok_at is not None, own_group=None, peer_group=None)
 
+    def update_config(self, cfg: Config) -> None:
+        """A new configuration arrived (hactl config apply): the next observe re-checks, ConfigureTarget applies."""
+        self.cfg = cfg
+        self._ok_at = None
+
     def configure(self, deadline: float) -> str:
         self._ok_at = None
         report = self.target.apply(self.cfg, self.node, deadline)

@@ -112,6 +112,30 @@ class Admin:
         except BadVersionError:
             pass  # an agent finished it meanwhile: its outcome stands
 
+    def config(self) -> tuple[dict[str, Any] | None, int | None]:
+        """The distributed configuration (with its text) and the znode version, or (None, None)."""
+        data, stat = self._get(codec.CONFIG)
+        return codec.loads(data), None if stat is None else stat.version
+
+    def put_config(self, text: str, sha256: str, expected_version: int | None, by: str) -> int:
+        """Store a validated configuration; refused if someone else stored one since we read ``expected_version``."""
+        current, version = self.config()
+        number = int(current.get("number", 0)) + 1 if current else 1
+        doc = codec.dumps({"number": number, "sha256": sha256, "text": text, "by": by, "at": time.time()})
+        path = self.s.path(codec.CONFIG)
+        try:
+            if version is None:
+                if expected_version is not None:
+                    raise IntentRefused("the distributed configuration was removed meanwhile; run apply again")
+                self.s.wait(self.s.client.create_async(path, doc, acl=self.s.acl), self._deadline())
+                return 0
+            if version != expected_version:
+                raise IntentRefused("another operator applied a configuration meanwhile; look at the diff again")
+            stat = self.s.wait(self.s.client.set_async(path, doc, version=version), self._deadline())
+            return stat.version
+        except (BadVersionError, NodeExistsError) as exc:
+            raise IntentRefused("another operator applied a configuration meanwhile; look at the diff again") from exc
+
     def set_maintenance(self, enabled: bool, reason: str, by: str) -> codec.MaintenanceDoc:
         doc = codec.MaintenanceDoc(enabled, reason, by, time.time())
         path = self.s.path(codec.MAINTENANCE)

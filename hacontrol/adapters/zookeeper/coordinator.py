@@ -40,6 +40,7 @@ class Coordinator:
         self._intent_seen: dict[str, float] = {}  # intent id -> deadline on our monotonic clock
         self._member_sid: int | None = None
         self._layout_ok = False
+        self.config_version: int | None = None  # znode version of /config as last seen (hactl config apply)
         self._connected_since: float | None = None
         self._peer_seen = False
         self.leader_at: float | None = None  # wall time in the leader znode (for history)
@@ -83,10 +84,13 @@ class Coordinator:
             "maintenance": codec.MAINTENANCE,
         }
         watches = {k: c.exists_async(self.s.path(p), watch=wake) for k, p in names.items() if k != "epoch"}
+        watches["config"] = c.exists_async(self.s.path(codec.CONFIG), watch=wake)
         gets = {k: c.get_async(self.s.path(p)) for k, p in names.items()}
         self.s.wait(sync, deadline)
-        for w in watches.values():
-            self.s.wait(w, deadline)
+        for key, w in watches.items():
+            stat = self.s.wait(w, deadline)
+            if key == "config":
+                self.config_version = None if stat is None else stat.version
         docs: dict[str, tuple[bytes | None, Any]] = {}
         for key, result in gets.items():
             try:
@@ -229,6 +233,12 @@ class Coordinator:
         self.s.wait(c.set_async(self.s.path(codec.SWITCHOVER), done.encode(), version=stat.version), deadline)
         log.info("switchover_finished", intent=intent_id, outcome=outcome, reason=reason)
         return True
+
+    def fetch_config(self, deadline: float) -> tuple[dict[str, Any] | None, int | None]:
+        """The distributed configuration document and its znode version (None, None when there is none)."""
+        with _zk_errors("read the distributed configuration"):
+            data, stat = self.s.get_or_none(codec.CONFIG, deadline)
+        return codec.loads(data), None if stat is None else stat.version
 
     def record_history(self, doc: dict[str, Any], deadline: float) -> None:
         with _zk_errors("record history"):

@@ -18,6 +18,7 @@ from hacontrol.adapters.metrics import Metrics
 from hacontrol.adapters.watchdog import DeviceWatchdog, NullWatchdog, SystemdNotifier, device_timeout_s
 from hacontrol.adapters.zookeeper import Coordinator, Session
 from hacontrol.agent import doubles
+from hacontrol.agent.configsync import ConfigSync, sha256
 from hacontrol.agent.execute import Executor
 from hacontrol.agent.loop import Agent, TickReport
 from hacontrol.agent.observe import Observer
@@ -48,7 +49,8 @@ def managed_vips(cfg: Config, node: str) -> tuple[ManagedAddress, ...]:
     return tuple(ManagedAddress(v.address, v.interface_for(node)) for v in cfg.vips)
 
 
-def build_controller(cfg: Config, node: str, doubles: str | None = None, zk_hosts: str | None = None) -> Controller:
+def build_controller(cfg: Config, node: str, *, doubles: str | None = None, zk_hosts: str | None = None,
+                     config_path: Path | None = None, config_text: str = "") -> Controller:
     peer = cfg.peer_of(node).name
     wake = threading.Event()
     session = Session(cfg.zookeeper, cfg.timing.session_timeout_s, wake=wake, hosts=zk_hosts)
@@ -59,7 +61,8 @@ def build_controller(cfg: Config, node: str, doubles: str | None = None, zk_host
     spec = Spec(node=node, peer=peer, vips=frozenset(v.key for v in vips), alua=parts["alua"],
                 fencing_configured=fencing.configured,
                 power_fencing=bool(fencing.power), port_takeover=cfg.port_takeover and parts["ports"] is not None,
-                standby_registers=cfg.fencing.standby_registers, on_key_lost=cfg.fencing.on_key_lost)
+                standby_registers=cfg.fencing.standby_registers, on_key_lost=cfg.fencing.on_key_lost,
+                announce_every_s=cfg.network.garp_refresh_s)
     observer = Observer(spec, coordinator, parts["target"], parts["network"], fencing, parts["watchdog"], vips)
     notifier = SystemdNotifier()
     metrics = Metrics(node)
@@ -67,10 +70,13 @@ def build_controller(cfg: Config, node: str, doubles: str | None = None, zk_host
     executor = Executor(cfg.timing, coordinator, parts["target"], parts["network"], fencing, parts["watchdog"],
                         {v.key: v for v in vips}, ports=parts["ports"], rebooter=parts.get("rebooter"),
                         fence_budget_s=_fence_budget(cfg, peer))
-    agent = Agent(cfg.timing, observer, executor, timeline=timeline, wake=wake)
+    observer.announced_at = lambda: executor.announced_at
+    sync = ConfigSync(config_path, cfg, coordinator, parts["target"], sha=sha256(config_text) if config_text else "")
+    agent = Agent(cfg.timing, observer, executor, timeline=timeline, wake=wake, config_sync=sync)
+    executor.on_published = sync.published
     agent.on_tick = lambda report: (metrics.on_tick(report), _notify(notifier, report))
     executor.heartbeat = lambda: notifier.notify("WATCHDOG=1")
-    executor.publish_extra = lambda: _publish_extra(agent)
+    executor.publish_extra = lambda: {**_publish_extra(agent), **sync.report()}
     return Controller(node, peer, "doubles" if doubles else cfg.backend, cfg.timing, session, coordinator, agent,
                       notifier, metrics, parts)
 
@@ -160,7 +166,8 @@ def _fencing(cfg: Config, node: str) -> Fencing:
             devices = m.devices or tuple(lun.device for t in cfg.targets for lun in t.luns)
             reservations = ScsiReservations(devices, node_id=cfg.node(node).id, peer_id=peer.id,
                                             timeout_s=m.timeout_s, reservation_type=cfg.fencing.reservation_type,
-                                            require_all=cfg.fencing.require_all_disks)
+                                            require_all=cfg.fencing.require_all_disks,
+                                            names={n.id: n.name for n in cfg.nodes})
         elif m.method == "command":
             power.append(CommandFencer(m.argv, m.timeout_s))
         elif m.method == "ipmi":

@@ -1,0 +1,67 @@
+"""Fixtures for the VM rig (vagrant/rig). Puts vagrant/ on sys.path so tests can `from rigctl import Rig`.
+
+The rig takes two minutes to come up, so its tests run only when asked for: `pytest tests/rig` (any path under
+tests/rig on the command line) or HACONTROL_RIG_TESTS=1. A rig that is already up (e.g. started by CI with
+`vagrant/rig up`) is reused and left running; a rig the fixture starts is torn down at the end, failure or not.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+VAGRANT_DIR = Path(__file__).resolve().parents[2] / "vagrant"
+sys.path.insert(0, str(VAGRANT_DIR))
+
+from rigctl import Rig  # noqa: E402 - needs the path above
+
+NEEDED_TOOLS = ("qemu-system-x86_64", "qemu-img", "mmdebstrap", "tgtd", "java", "nft", "iscsi-inq", "ssh")
+
+
+def _explicitly_selected(config: pytest.Config) -> bool:
+    rig_dir = Path(__file__).resolve().parent
+    for arg in config.args:
+        path = Path(arg.split("::")[0]).resolve()
+        if path == rig_dir or rig_dir in path.parents:
+            return True
+    return os.environ.get("HACONTROL_RIG_TESTS") == "1"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if _explicitly_selected(config):
+        return
+    skip = pytest.mark.skip(reason="VM rig tests run with `pytest tests/rig` or HACONTROL_RIG_TESTS=1")
+    for item in items:
+        if "rig" in item.keywords:
+            item.add_marker(skip)
+
+
+def _missing_prerequisites() -> list[str]:
+    missing = [tool for tool in NEEDED_TOOLS if shutil.which(tool) is None]
+    if os.geteuid() != 0:
+        missing.append("root")
+    return missing
+
+
+@pytest.fixture(scope="session")
+def rig() -> Iterator[Rig]:
+    missing = _missing_prerequisites()
+    if missing:
+        pytest.skip(f"the VM rig needs: {', '.join(missing)} (see vagrant/README.md for the package list)")
+    existing = Rig()
+    if existing.state is not None and existing.state.phase == "up":
+        yield existing  # someone else's rig: use it, leave it up
+        return
+    if existing.state is not None:  # a half-started rig left by a crash: clear it before starting ours
+        existing.down()
+    started = Rig()
+    try:
+        started.up(launcher=os.environ.get("HACRIG_LAUNCHER", "qemu"))
+        yield started
+    finally:
+        started.down()

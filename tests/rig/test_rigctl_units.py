@@ -1,0 +1,127 @@
+"""rigctl's pure parts, without VMs: layout, kernel command line, fault rules, image key, configs."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from rigctl import RigError, faults, image, zookeeper
+from rigctl.config import Paths, load_topology
+from rigctl.libvirt import PrivateLibvirt
+
+TOPOLOGY = load_topology()
+
+
+def test_layout_has_unique_macs_addresses_and_short_tap_names() -> None:
+    macs, addresses = [], []
+    for node in TOPOLOGY.nodes.values():
+        for net_name in node.networks:
+            net = TOPOLOGY.networks[net_name]
+            macs.append(node.mac(net))
+            addresses.append(node.address(net))
+            assert len(node.tap(net)) <= 15  # IFNAMSIZ
+            assert node.address(net) != net.host
+    assert len(set(macs)) == len(macs)
+    assert len(set(addresses)) == len(addresses)
+    assert len(TOPOLOGY.controllers) == 2
+    mgmt = TOPOLOGY.networks[TOPOLOGY.zookeeper.network]
+    assert all(ipaddress.ip_address(m) in mgmt.cidr for m in TOPOLOGY.zookeeper.members)
+
+
+def test_kernel_args_carry_identity_and_one_nic_per_network() -> None:
+    node = TOPOLOGY.node("ctrl-a")
+    args = TOPOLOGY.kernel_args(node).split()
+    assert "hacrig.name=ctrl-a" in args
+    assert f"hacrig.iqn={TOPOLOGY.iqn_prefix}:ctrl-a" in args
+    nics = [a.removeprefix("hacrig.nic=") for a in args if a.startswith("hacrig.nic=")]
+    assert len(nics) == len(node.networks)
+    dhcp = [n for n in nics if n.endswith(",dhcp")]
+    assert len(dhcp) == 1 and dhcp[0].startswith(node.mac(TOPOLOGY.networks["mgmt"]))
+
+
+def test_peer_of_is_the_other_controller() -> None:
+    assert TOPOLOGY.peer_of("ctrl-a").name == "ctrl-b"
+    with pytest.raises(RigError):
+        TOPOLOGY.peer_of("init")
+    with pytest.raises(RigError):
+        TOPOLOGY.node("ctrl-c")
+
+
+def _taps(node) -> dict[str, str]:
+    return {net: node.tap(TOPOLOGY.networks[net]) for net in node.networks}
+
+
+def test_partition_rules_name_the_right_taps() -> None:
+    zk = faults.rules_for(faults.Fault("partition", "ctrl-a", "zk"), TOPOLOGY, _taps)
+    assert {chain for chain, _ in zk} == {"input", "output"}
+    assert all('"hr-ctrl-a-mgmt"' in rule and "10.50.0.21" in rule for _, rule in zk)
+    peer = faults.rules_for(faults.Fault("partition", "ctrl-a", "peer"), TOPOLOGY, _taps)
+    assert all(chain == "forward" and "hr-ctrl-b-ic" in rule for chain, rule in peer)
+    initiators = faults.rules_for(faults.Fault("partition", "ctrl-b", "initiators"), TOPOLOGY, _taps)
+    assert any("hr-init-san" in rule for _, rule in initiators)
+    assert not any("hr-ctrl-a" in rule for _, rule in initiators)
+    disk = faults.rules_for(faults.Fault("disk-path", "ctrl-a"), TOPOLOGY, _taps)
+    assert all("hr-ctrl-a-jbod" in rule for _, rule in disk)
+
+
+def test_ruleset_replaces_the_table_in_one_transaction() -> None:
+    text = faults.ruleset([faults.Fault("partition", "ctrl-a", "zk"), faults.Fault("disk-path", "ctrl-b")],
+                          TOPOLOGY, _taps)
+    assert text.startswith("add table bridge hacrig\ndelete table bridge hacrig\n")
+    assert 'comment "partition ctrl-a from zk"' in text
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("nft") is None, reason="needs root and nft")
+def test_ruleset_is_valid_nft() -> None:
+    text = faults.ruleset([faults.Fault("partition", n, t) for n in ("ctrl-a", "ctrl-b")
+                           for t in faults.PARTITION_TARGETS], TOPOLOGY, _taps)
+    # A throwaway network namespace: nothing is applied anywhere that outlives the command.
+    proc = subprocess.run(["unshare", "--net", "nft", "-c", "-f", "-"], input=text, text=True, capture_output=True,
+                          timeout=30, check=False)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_image_key_changes_with_requirements_but_not_otherwise() -> None:
+    reqs = image.guest_requirements(Paths.default().repo / "pyproject.toml")
+    assert not any(r.lower().startswith("rtslib") for r in reqs), "Debian provides rtslib-fb in the guest"
+    assert image.input_hash(reqs) == image.input_hash(list(reqs))
+    assert image.input_hash(reqs) != image.input_hash([*reqs, "extra-package"])
+
+
+def test_debian_mirror_is_read_from_apt_sources(tmp_path: Path) -> None:
+    (tmp_path / "sources.list.d").mkdir()
+    (tmp_path / "sources.list.d" / "debian.sources").write_text(
+        "Types: deb\nURIs: http://mirror.invalid/debian\nSuites: bookworm bookworm-updates\nComponents: main\n\n"
+        "Types: deb\nURIs: http://mirror.invalid/debian-security\nSuites: bookworm-security\nComponents: main\n")
+    assert image.debian_mirror(tmp_path) == "http://mirror.invalid/debian"
+    other = tmp_path / "one-line"
+    (other / "sources.list.d").mkdir(parents=True)
+    (other / "sources.list").write_text("deb [arch=amd64] http://mirror.invalid/deb bookworm main\n")
+    assert image.debian_mirror(other) == "http://mirror.invalid/deb"
+
+
+def test_zookeeper_config_admits_one_to_ten_second_sessions(tmp_path: Path) -> None:
+    text = zookeeper.config_text(TOPOLOGY, 2, tmp_path)
+    conf = dict(line.split("=", 1) for line in text.splitlines())
+    assert int(conf["tickTime"]) <= 500
+    assert int(conf["minSessionTimeout"]) <= 1000 and int(conf["maxSessionTimeout"]) >= 10000
+    assert conf["clientPortAddress"] == TOPOLOGY.zookeeper.members[1]
+    assert sum(key.startswith("server.") for key in conf) == 3
+
+
+def test_has_quorum_needs_a_leader_and_a_majority() -> None:
+    assert zookeeper.has_quorum({"a": "leader", "b": "follower", "c": "down"})
+    assert not zookeeper.has_quorum({"a": "leader", "b": "down", "c": "down"})
+    assert not zookeeper.has_quorum({"a": "follower", "b": "follower", "c": "follower"})
+
+
+def test_libvirt_networks_are_isolated_with_fixed_leases_on_mgmt_only(tmp_path: Path) -> None:
+    lv = PrivateLibvirt(TOPOLOGY, Paths.default(), tmp_path)
+    mgmt = lv.network_xml(TOPOLOGY.networks["mgmt"])
+    assert "<forward" not in mgmt and "hr-mgmt" in mgmt
+    assert "52:54:00:50:00:0b" in mgmt and "10.50.0.11" in mgmt
+    assert "<dhcp>" not in lv.network_xml(TOPOLOGY.networks["san"])

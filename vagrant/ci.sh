@@ -1,0 +1,60 @@
+#!/bin/bash
+# CI for the VM rig: install what is missing, bring the rig up, smoke it, run the rig's tests (a small chaos
+# subset), and always tear it down. For .ci/run:  bash vagrant/ci.sh   (exit status: 0 only if all passed)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}  # an interpreter with pytest (the project's test venv)
+RIG=vagrant/rig
+LOGS=.rig/logs
+
+step() { printf '\n=== %s (%s)\n' "$1" "$(date +%T)"; }
+elapsed() { echo "$(( $(date +%s) - $1 ))s"; }
+
+step "host packages"
+mapfile -t wanted < <(grep -v '^#' vagrant/host-packages.txt | grep -v '^$')
+missing=()
+for pkg in "${wanted[@]}"; do
+    dpkg-query -W -f '${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing: ${missing[*]}"
+    apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+        "${missing[@]}" >/dev/null || { echo "apt-get install failed"; exit 1; }
+fi
+
+rc=0
+teardown() {
+    local status=$?
+    step "down"
+    t=$(date +%s)
+    timeout 300 "$RIG" down || status=1
+    echo "down took $(elapsed "$t")"
+    echo "logs of this run: $(ls -d "$LOGS"/*/ 2>/dev/null | tail -1)"
+    exit $status
+}
+trap teardown EXIT
+
+# A rig left behind by an earlier, killed run would block this one.
+timeout 300 "$RIG" down >/dev/null 2>&1 || true
+
+step "up"
+t=$(date +%s)
+if ! timeout 1200 "$RIG" up; then
+    echo "rig up failed after $(elapsed "$t")"
+    exit 1
+fi
+echo "up took $(elapsed "$t")"
+
+step "smoke"
+t=$(date +%s)
+timeout 600 "$RIG" smoke --json > .rig/smoke.json 2>.rig/smoke.err || rc=1
+cat .rig/smoke.json
+cp .rig/smoke.json "$(ls -d "$LOGS"/*/ | tail -1)" 2>/dev/null
+echo "smoke took $(elapsed "$t")"
+
+step "rig tests (pytest tests/rig)"
+t=$(date +%s)
+# The tests reuse the rig that is up (and leave it to the trap above).
+timeout 1800 "$PYTHON" -m pytest tests/rig -q -p no:cacheprovider || rc=1
+echo "tests took $(elapsed "$t")"
+exit $rc

@@ -173,7 +173,7 @@ def _fencing(cfg: Config, node: str) -> Fencing:
         elif m.method == "ipmi":
             from hacontrol.adapters.fencing.ipmi import IpmiFencer
 
-            power.append(IpmiFencer(m))
+            power.append(IpmiFencer(m, cipher_suite=m.cipher_suite))
         elif m.method == "qmp":
             from hacontrol.adapters.fencing.qmp import QmpFencer
 

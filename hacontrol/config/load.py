@@ -168,6 +168,7 @@ def _fence_method(s: Section) -> FenceMethod:
         kwargs["username"] = s.str("username", example='"admin"')
         kwargs["password"] = s.secret("password")
         kwargs["ipmi_interface"] = s.str("interface", "lanplus", choices=("lan", "lanplus"))
+        kwargs["cipher_suite"] = s.int("cipher_suite", 17, lo=0, hi=17)
     elif method == "qmp":
         kwargs["socket"] = s.str("socket", example='"/run/qemu/ctrl-a.qmp"')
     elif method == "command":

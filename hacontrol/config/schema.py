@@ -74,6 +74,7 @@ class FenceMethod:
     username: str = ""
     password: Secret | None = None
     ipmi_interface: str = "lanplus"
+    cipher_suite: int = 17  # ipmitool -C (17 is its default: RAKP-HMAC-SHA256, AES-CBC-128)
     socket: str = ""  # qmp
     argv: tuple[str, ...] = ()  # command
 

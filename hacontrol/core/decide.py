@@ -303,12 +303,16 @@ def _leading(obs: Observation, now: float, timing: Timing, until: float) -> Plan
         head.append(KickWatchdog())
     if obs.datapath.serving and not _fenced(obs, epoch):
         # Serving is only allowed after fencing under this very epoch. If we did fence and the
-        # disks no longer show it, someone took our key: step down and give the role up.
+        # disks no longer show our reservation, someone took our key: step down and give the role up.
+        # If they still do and only a stale or foreign key appeared, fencing again (below) removes it.
         record = s.last_fence
-        if record is not None and record.epoch == epoch and record.ok:
+        fenced_before = record is not None and record.epoch == epoch and record.ok
+        still_ours = s.pr and s.my_key_epoch == epoch and s.holder == (obs.node, epoch)
+        if fenced_before and not still_ours:
             plan = _step_down_plan(obs, Reason.KEY_LOST)
             return replace(plan, actions=(*plan.actions, ReleaseLeadership(epoch)), lease_valid_until=until)
-        return replace(_step_down_plan(obs, Reason.UNFENCED_SERVING), lease_valid_until=until)
+        if not fenced_before:
+            return replace(_step_down_plan(obs, Reason.UNFENCED_SERVING), lease_valid_until=until)
     intent = c.switchover
     if intent is not None and intent.state == "pending":
         handled = _handle_switchover(obs, now, head, until)

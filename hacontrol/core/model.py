@@ -152,7 +152,7 @@ class Storage:
 
     With SCSI persistent reservations configured, ``my_key_epoch`` is the
     epoch encoded in our registration if it is present on *every* shared disk,
-    ``holder`` is the (node id, epoch) of the reservation holder if all disks
+    ``holder`` is the (node name, epoch) of the reservation holder if all disks
     agree, and ``stale_peer_key`` says a peer key older than the current
     epoch is still registered somewhere.
     """

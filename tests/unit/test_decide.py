@@ -353,3 +353,12 @@ def test_active_reannounces_its_vips_periodically():
     assert A.AnnounceVips(VIPS) in decide(due, NOW, T).actions
     off = with_spec(due, announce_every_s=0.0)
     assert not any(isinstance(a, A.AnnounceVips) for a in decide(off, NOW, T).actions)
+
+
+def test_a_stale_peer_key_while_serving_is_fenced_again_not_a_failover():
+    o = with_storage(active(), stale_peer_key=True)
+    plan = decide(o, NOW, T)
+    assert plan.reason is Reason.FENCING
+    fence = next(a for a in plan.actions if isinstance(a, A.FencePeer))
+    assert fence == A.FencePeer(5, A.FenceMode.PLANNED)  # the peer is alive and serves nothing: no power
+    assert "RemoveVips" not in names(plan) and "ReleaseLeadership" not in names(plan)

@@ -9,11 +9,12 @@ lease.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import structlog
@@ -81,6 +82,7 @@ class Executor:
     clock: Callable[[], float] = time.monotonic
     announced_at: float | None = None  # last claim or announcement of our VIPs (read by the observer)
     on_published: Callable[[], None] = lambda: None
+    crash_after: str = field(default_factory=lambda: os.environ.get("HACONTROL_FAULT_CRASH_AFTER", ""))
     heartbeat: Callable[[], None] = lambda: None  # called while a long step (fencing) runs: keeps systemd's
     # watchdog fed, because a power fence may legitimately take longer than WatchdogSec
 
@@ -101,6 +103,11 @@ class Executor:
                 log.exception("step_crashed", action=action.name)
             end = self.clock()
             results.append(StepResult(action.name, ok, end - start, error, detail, end))
+            if ok and action.name == self.crash_after:
+                # Fault injection for the chaos tests only (HACONTROL_FAULT_CRASH_AFTER=FencePeer): die right
+                # after this step, as a controller that loses power in the middle of a takeover would.
+                log.error("fault_injected_crash", after=action.name)
+                os._exit(70)
             if not ok:
                 break
         return tuple(results)

@@ -71,6 +71,7 @@ class IoParams:
     backoff_max_s: float = 1.0
     max_transport_retries: int = 5
     max_unit_attentions: int = 3
+    max_path_switches: int = 40  # per I/O: ALUA path-state answers followed by another portal (bounded)
     verify_budget_s: float = 60.0
     verify_chunk_blocks: int = 64
     max_region_bytes: int = 64 << 20
@@ -134,7 +135,8 @@ class _Run:
         self.phase = "login"
         self.deadline = self.t0 + params.duration_s
         self.block_size = self.region_blocks = 0
-        self.writes_attempted = self.reads = self.io_errors = self.unit_attentions = 0
+        self.writes_attempted = self.reads = self.io_errors = self.unit_attentions = self.path_switches = 0
+        self.order = list(params.portals)  # login order; an ALUA path-state answer rotates it
         self.ever_logged_in = False
         self.last_login_error = ""
         self.fatal: str | None = None
@@ -277,8 +279,8 @@ class _Run:
 
     def _io(self, op: str, lba: int | None, send: Callable[[float], ScsiResult]) -> ScsiResult | None:
         """Issue ``send`` until it completes: relogin + reissue after transport failures, reissue after UA."""
-        transport_failures = unit_attentions = 0
-        for _ in range(self.p.max_transport_retries + self.p.max_unit_attentions + 1):
+        transport_failures = unit_attentions = switches = 0
+        for _ in range(self.p.max_transport_retries + self.p.max_unit_attentions + self.p.max_path_switches + 1):
             if not self._ensure_session():
                 return self._abandon(op, lba, f"no session ({self.last_login_error or 'run ended'})")
             try:
@@ -298,9 +300,26 @@ class _Run:
                 self.unit_attentions += 1
                 self._scsi_error(result, op, lba, ErrorKind.UNIT_ATTENTION)
                 continue
+            if result.sense is not None and result.sense.is_alua_path_state() and switches < self.p.max_path_switches:
+                switches += 1
+                self._next_path(result, op, lba, backoff=switches >= len(self.order))
+                continue
             self._scsi_error(result, op, lba, ErrorKind.SCSI_ERROR)
             return None
         return self._abandon(op, lba, "too many reissues")
+
+    def _next_path(self, result: ScsiResult, op: str, lba: int | None, backoff: bool) -> None:
+        """Behave like an ALUA initiator: leave a standby/transitioning path for the next portal.
+
+        With one portal, or once every portal answered so, wait a little first (a transition is under way)."""
+        self.path_switches += 1
+        self._scsi_error(result, op, lba, ErrorKind.PATH_STATE)
+        if len(self.order) > 1:
+            self.session.close(0.2)
+            self.rec.connection(ConnectionEvent(self._t(), "path_switch", self.order[0], result.describe()))
+            self.order.append(self.order.pop(0))
+        if backoff:
+            self._wait_backoff(self.p.backoff_initial_s)
 
     def _completed(self) -> None:
         t = self._t()
@@ -335,7 +354,7 @@ class _Run:
             return True
         backoff = self.p.backoff_initial_s
         for _ in range(self.p.max_login_rounds):
-            for portal in self.p.portals:
+            for portal in list(self.order):
                 if self._login_cut_short():
                     return False
                 if self._login(portal):
@@ -443,4 +462,5 @@ class _Run:
             outages=self.rec.frozen_outages(), errors=tuple(self.rec.errors), errors_dropped=self.rec.errors_dropped,
             lost_writes=lost, verification_complete=complete and self.fatal is None,
             verification_detail=detail if self.fatal is None else "not run: " + self.fatal,
+            path_switches=self.path_switches,
         )

@@ -30,6 +30,7 @@ class ErrorKind:
     DATA_MISMATCH = "data_mismatch"  # an in-run read-back returned other data than was acknowledged
     IO_ABANDONED = "io_abandoned"  # an I/O given up: transport retries exhausted or the run ended first
     DATA_LOST = "data_lost"  # found by the final verification pass
+    PATH_STATE = "path_state"  # ALUA standby/transitioning/unavailable on this path: the probe moved on
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,7 @@ class Report:
     lost_writes: tuple[LostWriteInfo, ...]
     verification_complete: bool
     verification_detail: str
+    path_switches: int = 0  # ALUA path-state answers after which the probe used another portal
     schema: str = SCHEMA
 
     def to_dict(self) -> dict[str, object]:

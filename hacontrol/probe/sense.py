@@ -118,6 +118,13 @@ class Sense:
     def is_unit_attention(self) -> bool:
         return self.key == UNIT_ATTENTION
 
+    def is_alua_path_state(self) -> bool:
+        """NOT READY 04/0A (transitioning), 04/0B (standby), 04/0C (unavailable): this path, not the LU.
+
+        An ALUA initiator (ESXi's VMW_SATP_ALUA, Linux's scsi_dh_alua) answers by using another path,
+        or by retrying while the state is transitioning; the application never sees it."""
+        return self.key == 0x02 and self.asc == 0x04 and self.ascq in (0x0A, 0x0B, 0x0C)
+
 
 def parse_sense(raw: bytes) -> Sense | None:
     """Fixed (0x70/0x71) or descriptor (0x72/0x73) sense data; None for anything else or too short."""

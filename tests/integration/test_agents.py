@@ -226,3 +226,30 @@ def test_maintenance_blocks_automatic_failover_and_status_says_so(pair_factory):
     assert shown["enabled"] and "ClaimLeadership" in shown["would_have_done"][survivor]
     pair.hactl("maintenance", "off")
     pair.wait_for(lambda: pair.leader() == (survivor, epoch + 1), 15, "the takeover after maintenance")
+
+
+def test_crash_of_the_new_active_between_fence_and_promotion(zk_ensemble, zk_chroot, tmp_path):
+    """The survivor dies right after fencing (before ALUA/VIPs): the other one takes over again, fencing anew."""
+    pair = AgentPair(zk_ensemble, zk_chroot, tmp_path / "pair", fencing=("scsi_pr",))
+    try:
+        pair.start_all()
+        active = pair.active_steady()
+        survivor = other(active)
+        epoch = pair.leader()[1]
+        pair.procs[survivor].send_signal(signal.SIGTERM)  # restart the survivor with the crash point armed
+        pair.procs[survivor].wait(timeout=15)
+        pair.start(survivor, env={"HACONTROL_FAULT_CRASH_AFTER": "FencePeer"})
+        pair.wait_for(lambda: pair.role(survivor) == "standby", 20, "the survivor to rejoin as standby")
+        pair.kill(active)
+        pair.wait_for(lambda: pair.procs[survivor].poll() is not None, 20, "the survivor to crash after fencing")
+        assert pair.procs[survivor].returncode == 70
+        fenced = [c for c in pair.calls(survivor) if c["call"] == "pr_take_over"]
+        assert fenced and fenced[-1]["epoch"] == epoch + 1
+        assert not any(c["call"] == "set_alua" and c["own"] == "active/optimized" and c["t"] > fenced[-1]["t"]
+                       for c in pair.calls(survivor))
+        pair.start(active)  # the first controller comes back; the crashed one stays down
+        pair.wait_for(lambda: (lead := pair.leader()) is not None and lead[0] == active and lead[1] > epoch + 1,
+                      30, "the first controller to take over under a newer epoch")
+        assert pair.active_steady() == active
+    finally:
+        pair.stop()

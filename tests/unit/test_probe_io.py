@@ -17,6 +17,7 @@ A, B = "10.77.0.1:3260", "10.77.0.3:3260"
 TARGET = Target("iqn.2024-01.org.hacontrol:t", 1, "iqn.2024-01.org.hacontrol:i")
 UA_RESET = ScsiResult(2, Sense(0x6, 0x29, 0x00))
 TRANSITIONING = ScsiResult(2, Sense(0x2, 0x04, 0x0A))
+STANDBY = ScsiResult(2, Sense(0x2, 0x04, 0x0B))
 CONFLICT = ScsiResult(0x18)
 
 
@@ -156,8 +157,6 @@ def test_outage_moves_to_the_second_portal(lun):
 
 def test_scsi_errors_are_application_errors_with_names(lun):
     def fault(op, lba, t):
-        if op == "write" and 1.0 <= t < 1.05:
-            return TRANSITIONING
         if op == "write" and 1.5 <= t < 1.52:
             return CONFLICT
         return None
@@ -165,13 +164,45 @@ def test_scsi_errors_are_application_errors_with_names(lun):
     lun.fault = fault
     report = run(lun)
     assert report.io_errors == report.errors_by_kind["scsi_error"] > 0
-    conditions = report.scsi_conditions
-    assert any("02/04/0A: LOGICAL UNIT NOT ACCESSIBLE, ASYMMETRIC ACCESS STATE TRANSITION" in c for c in conditions)
-    assert "RESERVATION CONFLICT" in conditions
+    assert "RESERVATION CONFLICT" in report.scsi_conditions
     assert report.writes_acknowledged == report.writes_attempted - report.io_errors
     assert report.writes_lost == 0  # failed writes were never acknowledged
-    event = next(e for e in report.errors if e.kind == "scsi_error" and e.sense is not None)
-    assert event.sense.code == "02/04/0A" and event.status == "CHECK CONDITION" and event.op == "write"
+    event = next(e for e in report.errors if e.kind == "scsi_error")
+    assert event.status == "RESERVATION CONFLICT" and event.op == "write"
+
+
+def test_alua_transitioning_is_retried_on_the_path_not_an_application_error(lun):
+    lun.fault = lambda op, lba, t: TRANSITIONING if op == "write" and 1.0 <= t < 1.2 else None
+    report = run(lun)
+    assert report.io_errors == 0 and report.writes_lost == 0
+    assert report.errors_by_kind["path_state"] > 0 and report.path_switches > 0
+    event = next(e for e in report.errors if e.kind == "path_state")
+    assert event.sense.code == "02/04/0A" and event.status == "CHECK CONDITION"
+    assert report.io_pause_s >= 0.19  # the transition shows as a pause
+
+
+def test_a_standby_path_makes_the_probe_use_the_other_portal(lun):
+    """Like an ALUA initiator: 02/04/0B on one portal, the I/O goes to the next one."""
+    session_portal = {"now": None}
+
+    def fault(op, lba, t):
+        return STANDBY if op == "write" and session_portal["now"] == A and t >= 1.0 else None
+
+    original = FakeSession.connect
+
+    def connect(self, portal, timeout_s):
+        original(self, portal, timeout_s)
+        session_portal["now"] = portal
+
+    lun.fault = fault
+    FakeSession.connect = connect
+    try:
+        report = run(lun, portals=(A, B))
+    finally:
+        FakeSession.connect = original
+    assert report.io_errors == 0 and report.writes_lost == 0
+    assert report.path_switches >= 1 and lun.logins[-1] == B
+    assert any(e.event == "path_switch" and e.portal == A for e in report.connection_events)
 
 
 def test_persistent_unit_attention_becomes_an_error(lun):

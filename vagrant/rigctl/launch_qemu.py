@@ -27,6 +27,14 @@ def kvm_usable() -> bool:
     return Path("/dev/kvm").exists() and not Path("/sys/module/kvm_pvm").exists()
 
 
+
+POWER_PORT_BASE = 4400
+
+
+def power_port(node: Node) -> int:
+    """TCP port of a VM's power-switch monitor on the management network (4400 + the node's host id)."""
+    return POWER_PORT_BASE + node.host_id
+
 class QemuLauncher:
     name = "qemu"
 
@@ -88,6 +96,7 @@ class QemuLauncher:
         return daemon
 
     def command(self, node: Node) -> list[str]:
+        """The qemu command line of one VM (TCG here, KVM where a stock kernel boots under it)."""
         kvm = kvm_usable()
         vm_dir = self.vm_dir(node)
         cmd = [
@@ -100,6 +109,11 @@ class QemuLauncher:
             # cache=unsafe: the overlay is thrown away at `down`; a power-off fault must not need it intact.
             "-drive", f"file={vm_dir / 'disk.qcow2'},if=virtio,format=qcow2,cache=unsafe,discard=unmap",
             "-qmp", f"unix:{vm_dir / 'qmp.sock'},server=on,wait=off",
+            # The rig's "power switch": a second monitor on the management network, which the peer controller's
+            # QMP fencer uses (hacontrol's qmp fence method with socket = "tcp:10.50.0.1:<port>").
+            "-qmp", f"tcp:{self.topology.networks['mgmt'].host}:{power_port(node)},server=on,wait=off",
+            # A hardware watchdog for the guest (i6300esb -> /dev/watchdog); qemu resets the VM when it fires.
+            "-device", "i6300esb", "-action", "watchdog=reset",
             "-device", "virtio-rng-pci",
         ]
         for i, (net_name, tap) in enumerate(self.taps(node).items()):

@@ -21,8 +21,9 @@ from typing import Any
 
 import structlog
 
+from hacontrol.probe.blockdev import BlockDevSession
 from hacontrol.probe.io import IoParams, run_io
-from hacontrol.probe.session import Credentials, Target
+from hacontrol.probe.session import Credentials, Session, Target
 from hacontrol.probe.stop import StopControl, stop_on_signals
 
 DEFAULT_INITIATOR = "iqn.2024-01.org.hacontrol:probe"
@@ -51,10 +52,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     commands = probe.add_subparsers(dest="probe_command", metavar="COMMAND", required=True)
     io = commands.add_parser("io", help="steady verified writes to a LUN region; report pauses, errors, losses",
                              description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    io.add_argument("--portal", action="append", required=True, metavar="HOST:PORT",
+    io.add_argument("--portal", action="append", metavar="HOST:PORT",
                     help="portal to log in to; repeat for a list tried in order after a connection loss")
-    io.add_argument("--target", required=True, metavar="IQN")
-    io.add_argument("--lun", type=int, required=True, metavar="N")
+    io.add_argument("--target", metavar="IQN")
+    io.add_argument("--lun", type=int, metavar="N")
+    io.add_argument("--device", metavar="PATH",
+                    help="instead of --portal/--target/--lun: a block device of a kernel initiator (e.g. a "
+                         "dm-multipath device); writes block as long as the kernel holds them")
     io.add_argument("--initiator-name", default=DEFAULT_INITIATOR, metavar="IQN")
     io.add_argument("--chap-user")
     io.add_argument("--chap-secret-file", type=Path, metavar="PATH", help="file holding the CHAP secret")
@@ -93,8 +97,9 @@ def run_probe_io(args: argparse.Namespace) -> int:
         print(f"probe io: {exc}", file=sys.stderr)
         return EXIT_UNUSABLE
     stop = StopControl(args.stop_file)
+    factory = (lambda _t: BlockDevSession(args.device)) if args.device else Session
     with stop_on_signals(stop):
-        report = run_io(params, stop=stop, log=_stderr_logger())
+        report = run_io(params, session_factory=factory, stop=stop, log=_stderr_logger())
     print(report.to_json() if args.json else report.summary(), flush=True)
     reason = report.failure_reason()
     if reason is None:
@@ -104,9 +109,19 @@ def run_probe_io(args: argparse.Namespace) -> int:
 
 
 def build_params(args: argparse.Namespace) -> IoParams:
-    target = Target(args.target, args.lun, args.initiator_name, _credentials(args))
+    if getattr(args, "device", None):
+        if args.portal or args.target:
+            raise UsageError("--device replaces --portal/--target/--lun: give one or the other")
+        target = Target(f"device:{args.device}", 0, args.initiator_name, None)
+        portals: tuple[str, ...] = ("device",)
+        args.lun = 0
+    else:
+        if not args.portal or not args.target or args.lun is None:
+            raise UsageError("give --portal, --target and --lun (or --device for a kernel block device)")
+        target = Target(args.target, args.lun, args.initiator_name, _credentials(args))
+        portals = tuple(normalize_portal(p) for p in args.portal)
     params = IoParams(
-        portals=tuple(normalize_portal(p) for p in args.portal), target=target, duration_s=args.duration,
+        portals=portals, target=target, duration_s=args.duration,
         interval_s=args.interval_ms / 1000, region_blocks=args.region_blocks, offset_blocks=args.offset_blocks,
         command_timeout_s=args.command_timeout, login_timeout_s=args.login_timeout,
         verify_budget_s=args.verify_timeout, backoff_max_s=args.max_backoff,

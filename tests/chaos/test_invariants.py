@@ -1,0 +1,50 @@
+"""The chaos invariants themselves can fail: each one on synthetic trial data (no rig needed)."""
+
+from __future__ import annotations
+
+from tests.chaos.invariants import Budget, Sample, judge, two_writers
+
+GOOD = {"writes_acknowledged": 100, "writes_lost": 0, "verification_complete": True, "io_errors": 0,
+        "io_pause_s": 1.2, "scsi_conditions": {"UNIT ATTENTION 06/2A/06": 2}, "errors": []}
+BUDGET = Budget(io_pause_s=4.0, epoch_changes=(1, 1))
+
+
+def test_a_clean_failover_passes():
+    samples = [Sample(0.0, "ctrl-a", True, True), Sample(0.1, "ctrl-b", False, True),
+               Sample(3.0, "ctrl-a", None, None), Sample(3.1, "ctrl-b", True, True)]
+    assert judge(GOOD, samples, (4, 5), BUDGET).ok
+
+
+def test_two_writers_are_caught_and_a_fenced_ao_is_not_a_writer():
+    both = [Sample(1.0, "ctrl-a", True, True), Sample(1.2, "ctrl-b", True, True)]
+    assert two_writers(both)
+    fenced = [Sample(1.0, "ctrl-a", True, False), Sample(1.2, "ctrl-b", True, True)]  # a's key preempted
+    assert not two_writers(fenced)
+
+
+def test_each_check_reports_its_violation():
+    bad = {**GOOD, "writes_lost": 3, "io_errors": 2, "io_pause_s": 9.0,
+           "scsi_conditions": {"ILLEGAL REQUEST 05/25/00: LOGICAL UNIT NOT SUPPORTED": 1}}
+    v = judge(bad, [], (4, 7), BUDGET)
+    text = " | ".join(v.violations)
+    for words in ("PDL-class", "writes lost", "I/O errors", "paused 9.00 s", "3 takeovers"):
+        assert words in text, (words, text)
+    assert not judge({**GOOD, "writes_acknowledged": 0}, [], (4, 5), BUDGET).ok
+
+
+def test_report_lists_violations_with_seeds_and_plots(tmp_path):
+    from tests.chaos.report import markdown, percentile, plot
+
+    trials = [{"fault": "kill-agent", "seed": 7, "index": i, "io_pause_s": 2.0 + i / 10, "io_errors": 0,
+               "phases": {"detect": 2.0, "fenced": 2.1, "alua": 2.11, "vips": 2.2, "first_io": 2.4},
+               "violations": []} for i in range(5)]
+    trials.append({"fault": "freeze-vm", "seed": 7, "index": 5, "io_pause_s": 9.0, "io_errors": 1, "phases": {},
+                   "violations": ["I/O paused 9.00 s, budget 4.00 s"]})
+    text = markdown(trials)
+    assert "6 trials" in text and "**1 with invariant violations**" in text
+    assert "| kill-agent | 5 | 2.00 / 2.00 |" in text
+    assert "seed 7 trial 5 (freeze-vm): I/O paused 9.00 s" in text
+    assert percentile([1, 2, 3, 4], 50) == 2.5
+    png = tmp_path / "pause.png"
+    if plot(trials, png):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

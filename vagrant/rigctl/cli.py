@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from . import agents
 from .driver import DEFAULT_LAUNCHER, LAUNCHERS, Rig
 from .faults import PARTITION_TARGETS
 from .image import ensure_image
@@ -64,6 +65,11 @@ def _parser() -> argparse.ArgumentParser:
     part.add_argument("word", choices=["from"])
     part.add_argument("target", choices=PARTITION_TARGETS)
     sub.add_parser("heal", help="remove every partition and failed disk path")
+    ag = sub.add_parser("agents", help="hacontrol on the rig: config | deploy | start | stop | status | hactl ARGS")
+    ag.add_argument("action", choices=["config", "deploy", "start", "stop", "status", "hactl"])
+    ag.add_argument("args", nargs=argparse.REMAINDER, help="hactl's arguments (with `hactl`)")
+    ag.add_argument("--no-port-takeover", action="store_true")
+    ag.add_argument("--no-power-fencing", action="store_true")
     return p
 
 
@@ -112,6 +118,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         os.execvp(argv[0], argv)
     elif cmd == "vagrant":
         return _vagrant(rig, args.args)
+    elif cmd == "agents":
+        return _agents(rig, args)
     else:
         _print(_fault(rig, args), False)
     return 0
@@ -145,6 +153,29 @@ def _fault(rig: Rig, args: argparse.Namespace) -> object:
         rig.resume_vm(args.node)
         return f"{args.node}: {rig.vm_state(args.node)}"
     raise RigError(f"unknown command {cmd}")
+
+
+def _agents(rig: Rig, args: argparse.Namespace) -> int:
+    if args.action in ("config", "deploy"):
+        text = agents.config_text(rig, port_takeover=not args.no_port_takeover,
+                                  power_fencing=not args.no_power_fencing)
+        if args.action == "config":
+            print(text, end="")
+        else:
+            agents.deploy(rig, text)
+            print(f"deployed to {', '.join(rig.controllers)} (copy in {rig.paths.run / 'hacontrol.toml'})")
+    elif args.action == "start":
+        agents.start(rig)
+    elif args.action == "stop":
+        agents.stop(rig)
+    elif args.action == "status":
+        print(agents.hactl(rig, "status").stdout, end="")
+    else:
+        out = agents.hactl(rig, *args.args)
+        print(out.stdout, end="")
+        print(out.stderr, end="", file=sys.stderr)
+        return out.returncode
+    return 0
 
 
 def _vagrant(rig: Rig, vagrant_args: list[str]) -> int:

@@ -1,0 +1,139 @@
+"""hacontrol itself on the rig: its configuration, the agents (systemd units in the controllers), and hactl.
+
+`vagrant/rig agents config` prints the hacontrol.toml this module generates from the rig's topology:
+
+- the two controllers with their SAN interface (its name is read from the guest: both VMs have the same PCI
+  layout, so the same name), their static SAN addresses, and one managed **portal** each (10.50.1.21 for
+  ctrl-a, .22 for ctrl-b: the addresses port takeover moves);
+- the cluster discovery address (a VIP, 10.50.1.100) that always lives on the active controller;
+- ZooKeeper: the three members on the host side;
+- one target with the shelf's disks as LUNs (the same by-id paths on both controllers), ACLs for the
+  initiator VM and for the host-side probe, the SAN network allowed;
+- fencing: SCSI-3 PR on the shelf's disks, then power through the peer VM's "power switch" (a QMP monitor
+  on the management network, see launch_qemu.power_port).
+
+hactl runs on the host *inside* the rig namespace (ZooKeeper is reachable there), never in the root one.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from .proc import RigError, in_netns
+
+REPO = Path(__file__).resolve().parents[2]
+PORTAL_HOST = {"ctrl-a": 21, "ctrl-b": 22}
+VIP_HOST = 100
+IQN = "iqn.2024-01.org.hacontrol.rig:array"
+PROBE_INITIATOR = "iqn.2024-01.org.hacontrol:probe"
+POWER_PORT_BASE = 4400
+GUEST_CONFIG = "/etc/hacontrol/hacontrol.toml"
+TIMING = {"session_timeout_s": 3.0, "loop_interval_s": 0.2, "demote_deadline_s": 1.5, "watchdog_margin_s": 0.9,
+          "operation_timeout_s": 0.5, "fence_retry_s": 1.0, "standby_settle_s": 0.5, "switchover_timeout_s": 30.0,
+          "startup_grace_s": 8.0}
+
+
+def san_interface(rig: Any, node: str) -> str:
+    """The guest's name for its SAN NIC (matched by the MAC the rig gave it)."""
+    topo = rig.topology
+    mac = topo.nodes[node].mac(topo.networks["san"]).lower()
+    out = rig.ssh(node, "ip -o link show", timeout=30, check=True).stdout
+    for line in out.splitlines():
+        if mac in line.lower():
+            return line.split(":")[1].strip().split("@")[0]
+    raise RigError(f"{node}: no interface with the SAN MAC {mac}")
+
+
+def _addr(rig: Any, host: int) -> str:
+    net = rig.topology.networks["san"]
+    return f"{net.cidr.network_address + host}/{net.cidr.prefixlen}"
+
+
+def config_text(rig: Any, *, port_takeover: bool = True, timing: dict[str, float] | None = None,
+                power_fencing: bool = True) -> str:
+    topo = rig.topology
+    names = [n.name for n in topo.controllers]
+    iface = san_interface(rig, names[0])
+    lines = ["[cluster]", 'name = "rig"', 'backend = "lio"', f"port_takeover = {str(port_takeover).lower()}", ""]
+    disks = _disks(rig)
+    for i, name in enumerate(names, start=1):
+        node = topo.nodes[name]
+        lines += ["[[node]]", f'name = "{name}"', f"id = {i}", f'address = "{node.address(topo.networks["mgmt"])}"',
+                  "  [[node.interface]]", f'  name = "{iface}"',
+                  f'  address = "{node.address(topo.networks["san"])}/{topo.networks["san"].prefix}"',
+                  "  [[node.portal]]", f'  address = "{_addr(rig, PORTAL_HOST[name])}"', f'  interface = "{iface}"',
+                  "  [[node.fencing]]", '  method = "scsi_pr"',
+                  f"  devices = [{', '.join(json.dumps(d) for d in disks)}]", "  timeout_s = 10.0"]
+        if power_fencing:
+            lines += ["  [[node.fencing]]", '  method = "qmp"',
+                      f'  socket = "tcp:{topo.networks["mgmt"].host}:{POWER_PORT_BASE + node.host_id}"',
+                      "  timeout_s = 10.0"]
+        lines.append("")
+    hosts = ", ".join(json.dumps(f"{m}:{topo.zookeeper.client_port}") for m in topo.zookeeper.members)
+    lines += ["[zookeeper]", f"hosts = [{hosts}]", 'chroot = "/hacontrol/rig"', "", "[timing]"]
+    lines += [f"{k} = {v}" for k, v in {**TIMING, **(timing or {})}.items()]
+    lines += ["", "[[vip]]", f'address = "{_addr(rig, VIP_HOST)}"', f'interface = "{iface}"', "",
+              "[[target]]", f'iqn = "{IQN}"', f'allowed_networks = ["{topo.networks["san"].cidr}"]']
+    for lun, disk in enumerate(disks):
+        lines += ["  [[target.lun]]", f"  id = {lun}", f'  name = "disk{lun}"', f'  device = "{disk}"',
+                  f'  serial = "{_serial(lun)}"', "  thin = true"]
+    for iqn in (PROBE_INITIATOR, *(topo.node_iqn(n) for n in topo.initiators)):
+        lines += ["  [[target.acl]]", f'  initiator = "{iqn}"']
+    lines += ["", "[watchdog]", 'device = "/dev/watchdog"', "", "[metrics]", 'listen = "0.0.0.0:9475"']
+    return "\n".join(lines) + "\n"
+
+
+def _serial(lun: int) -> str:
+    return f"5269674c554e{lun:02x}a1b2c3d4e5f60718293a4b5c"[:32]
+
+
+def _disks(rig: Any) -> list[str]:
+    views = rig.jbod
+    first = next(iter(views.values()), [])
+    paths = [d["by_id"] for d in first if d.get("by_id")]
+    if not paths:
+        raise RigError("the rig has no shelf disks recorded (was it brought up with `vagrant/rig up`?)")
+    return paths
+
+
+def deploy(rig: Any, text: str) -> None:
+    """Install the configuration on both controllers and check it there (the guests validate it themselves)."""
+    for node in rig.controllers:
+        rig.ssh(node, f"install -d -m 0750 /etc/hacontrol && cat > {GUEST_CONFIG} && chmod 0600 {GUEST_CONFIG}",
+                input_text=text, check=True, timeout=60)
+        out = rig.ssh(node, f"/opt/hacontrol/venv/bin/hactl config check {GUEST_CONFIG}", timeout=120)
+        if out.returncode != 0:
+            raise RigError(f"{node}: the generated configuration is refused:\n{out.stderr.strip()[-2000:]}")
+    local = rig.paths.run / "hacontrol.toml"
+    local.write_text(text)
+
+
+def start(rig: Any) -> None:
+    for node in rig.controllers:
+        rig.ssh(node, "systemctl daemon-reload && systemctl reset-failed hacontrol.service; "
+                      "systemctl start hacontrol.service", check=True, timeout=120)
+
+
+def stop(rig: Any) -> None:
+    for node in rig.controllers:
+        rig.ssh(node, "systemctl stop hacontrol.service", timeout=120)
+
+
+def hactl(rig: Any, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """hactl on the host, inside the rig namespace, with the configuration deployed to the controllers."""
+    config = rig.paths.run / "hacontrol.toml"
+    if not config.exists():
+        raise RigError("no hacontrol configuration deployed: run `vagrant/rig agents deploy` first")
+    argv = in_netns(rig.namespace, [sys.executable, "-m", "hacontrol.cli.main", *args, "--config", str(config)])
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=REPO, check=False)
+
+
+def status(rig: Any) -> dict[str, Any]:
+    out = hactl(rig, "status", "--json", timeout=30)
+    if out.returncode != 0:
+        raise RigError(f"hactl status: {out.stderr.strip()}")
+    return json.loads(out.stdout)

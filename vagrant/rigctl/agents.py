@@ -18,6 +18,7 @@ hactl runs on the host *inside* the rig namespace (ZooKeeper is reachable there)
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -128,8 +129,16 @@ def hactl(rig: Any, *args: str, timeout: float = 60) -> subprocess.CompletedProc
     config = rig.paths.run / "hacontrol.toml"
     if not config.exists():
         raise RigError("no hacontrol configuration deployed: run `vagrant/rig agents deploy` first")
-    argv = in_netns(rig.namespace, [sys.executable, "-m", "hacontrol.cli.main", *args, "--config", str(config)])
+    argv = in_netns(rig.namespace, [python(), "-m", "hacontrol.cli.main", *args, "--config", str(config)])
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=REPO, check=False)
+
+
+def python() -> str:
+    """An interpreter with hacontrol's dependencies: $HACONTROL_PYTHON, the repo's .venv, or this one."""
+    for candidate in (os.environ.get("HACONTROL_PYTHON", ""), str(REPO / ".venv" / "bin" / "python")):
+        if candidate and Path(candidate).exists():
+            return candidate
+    return sys.executable
 
 
 def status(rig: Any) -> dict[str, Any]:

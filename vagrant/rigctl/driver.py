@@ -22,7 +22,7 @@ from .config import Paths, Topology, load_topology
 from .guest import Guest, Ssh
 from .launch_qemu import QemuLauncher
 from .launch_vagrant import VagrantLauncher
-from .proc import EventLog, RigError, wait_until
+from .proc import EventLog, RigError, stop, wait_until
 from .smoke import run_smoke
 from .state import RigState, exclusive
 
@@ -408,6 +408,27 @@ class Rig:
         if active != "active":
             raise RigError(f"hacontrol.service is not running on {node} (systemctl is-active: {active or '?'}); "
                            "nothing to kill or freeze")
+
+    # --- ZooKeeper member faults (leader loss, quorum loss) ----------------------------------------------
+    def zk_modes(self) -> dict[str, str]:
+        """member address -> leader / follower / down."""
+        return zookeeper.member_states(self.topology)
+
+    def zk_stop(self, member: int) -> None:
+        """Kill ZooKeeper member number ``member`` (1-based) by its PID."""
+        state = self._require_state()
+        daemon = state.daemon_objects().get(f"zk{member}")
+        if daemon is not None:
+            stop(daemon, timeout=10, log=self.log)
+
+    def zk_start(self, member: int) -> None:
+        state = self._require_state()
+        daemon = state.daemon_objects().get(f"zk{member}")
+        if daemon is not None and daemon.alive():
+            return
+        started = zookeeper.start_member(self.topology, self.paths.zookeeper, Path(state.log_dir), member, self.log)
+        state.add_daemon(started)
+        state.save(self.paths.state_file)
 
     def wait_ssh(self, node: str, timeout: float = 60) -> float:
         return wait_until(f"ssh to {node}", lambda: self.guest(node).reachable(), timeout=timeout, interval=1.0)

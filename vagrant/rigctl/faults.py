@@ -14,7 +14,8 @@ from .config import Node, Topology
 from .proc import NULL_LOG, EventLog, RigError, run
 
 TABLE = "hacrig"
-PARTITION_TARGETS = ("zk", "peer", "initiators")
+PARTITION_TARGETS = ("zk", "zk-lossy", "peer", "initiators")
+LOSS_PERCENT = 10  # zk-lossy: this share of the packets between NODE and ZooKeeper is dropped, each way
 
 
 @dataclass(frozen=True)
@@ -49,11 +50,12 @@ def rules_for(fault: Fault, topology: Topology, taps_of: TapsOf) -> list[tuple[s
         tap = _tap(taps, topology.jbod.network, node)
         # Both directions, everything: a pulled cable between the controller and the shelf.
         return [("input", f'iifname "{tap}" drop'), ("output", f'oifname "{tap}" drop')]
-    if fault.target == "zk":
+    if fault.target in ("zk", "zk-lossy"):
         tap = _tap(taps, topology.zookeeper.network, node)
         members = _set(list(topology.zookeeper.members))
-        return [("input", f'iifname "{tap}" ip daddr {members} drop'),
-                ("output", f'oifname "{tap}" ip saddr {members} drop')]
+        loss = f"numgen random mod 100 < {LOSS_PERCENT} " if fault.target == "zk-lossy" else ""
+        return [("input", f'iifname "{tap}" ip daddr {members} {loss}drop'),
+                ("output", f'oifname "{tap}" ip saddr {members} {loss}drop')]
     if fault.target == "peer":
         mine = _quoted(list(taps.values()))
         theirs = _quoted(list(taps_of(topology.peer_of(node.name)).values()))

@@ -44,19 +44,21 @@ def config_text(topology: Topology, member: int, data_dir: Path) -> str:
 
 def start(topology: Topology, root: Path, log_dir: Path, log: EventLog = NULL_LOG) -> list[Daemon]:
     """Start every member in the rig namespace; returns their daemons (quorum not yet awaited)."""
-    daemons = []
-    for member in range(1, len(topology.zookeeper.members) + 1):
-        member_dir = root / f"zk{member}"
-        data_dir = member_dir / "data"
-        data_dir.mkdir(parents=True, exist_ok=True)
-        (data_dir / "myid").write_text(f"{member}\n")
-        cfg = member_dir / "zoo.cfg"
-        cfg.write_text(config_text(topology, member, data_dir))
-        cmd = ["java", "-Xms32m", "-Xmx128m", "-XX:+UseSerialGC", "-Djava.net.preferIPv4Stack=true",
-               "-cp", CLASSPATH, "org.apache.zookeeper.server.quorum.QuorumPeerMain", str(cfg)]
-        daemons.append(spawn(f"zk{member}", cmd, log_file=log_dir / f"zk{member}.log", netns=topology.namespace,
-                             log=log))
-    return daemons
+    return [start_member(topology, root, log_dir, member, log)
+            for member in range(1, len(topology.zookeeper.members) + 1)]
+
+
+def start_member(topology: Topology, root: Path, log_dir: Path, member: int, log: EventLog = NULL_LOG) -> Daemon:
+    """Start (or restart, keeping its data) member number ``member`` (1-based)."""
+    member_dir = root / f"zk{member}"
+    data_dir = member_dir / "data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / "myid").write_text(f"{member}\n")
+    cfg = member_dir / "zoo.cfg"
+    cfg.write_text(config_text(topology, member, data_dir))
+    cmd = ["java", "-Xms32m", "-Xmx128m", "-XX:+UseSerialGC", "-Djava.net.preferIPv4Stack=true",
+           "-cp", CLASSPATH, "org.apache.zookeeper.server.quorum.QuorumPeerMain", str(cfg)]
+    return spawn(f"zk{member}", cmd, log_file=log_dir / f"zk{member}.log", netns=topology.namespace, log=log)
 
 
 def stop_all(daemons: list[Daemon], log: EventLog = NULL_LOG) -> None:

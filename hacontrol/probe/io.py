@@ -71,7 +71,9 @@ class IoParams:
     backoff_max_s: float = 1.0
     max_transport_retries: int = 5
     max_unit_attentions: int = 3
-    max_path_switches: int = 40  # per I/O: ALUA path-state answers followed by another portal (bounded)
+    max_path_switches: int = 1000  # per I/O: ALUA path-state answers followed by another portal (bounded);
+    # with the growing wait between rounds this lets an I/O wait out a transition or a no-active-path spell,
+    # as ESXi does until its all-paths-down timeout
     verify_budget_s: float = 60.0
     verify_chunk_blocks: int = 64
     max_region_bytes: int = 64 << 20
@@ -302,13 +304,15 @@ class _Run:
                 continue
             if result.sense is not None and result.sense.is_alua_path_state() and switches < self.p.max_path_switches:
                 switches += 1
-                self._next_path(result, op, lba, backoff=switches >= len(self.order))
+                rounds = switches // len(self.order)
+                self._next_path(result, op, lba, backoff=min(self.p.backoff_initial_s * 2 ** min(rounds, 10),
+                                                             self.p.backoff_max_s) if rounds else 0.0)
                 continue
             self._scsi_error(result, op, lba, ErrorKind.SCSI_ERROR)
             return None
         return self._abandon(op, lba, "too many reissues")
 
-    def _next_path(self, result: ScsiResult, op: str, lba: int | None, backoff: bool) -> None:
+    def _next_path(self, result: ScsiResult, op: str, lba: int | None, backoff: float) -> None:
         """Behave like an ALUA initiator: leave a standby/transitioning path for the next portal.
 
         With one portal, or once every portal answered so, wait a little first (a transition is under way)."""
@@ -319,7 +323,7 @@ class _Run:
             self.rec.connection(ConnectionEvent(self._t(), "path_switch", self.order[0], result.describe()))
             self.order.append(self.order.pop(0))
         if backoff:
-            self._wait_backoff(self.p.backoff_initial_s)
+            self._wait_backoff(backoff)
 
     def _completed(self) -> None:
         t = self._t()

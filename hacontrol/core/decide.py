@@ -78,6 +78,7 @@ class Reason(Enum):
     PROMOTING = "promoting"
     ACTIVE = "active"
     HANDING_OFF = "handing_off"
+    STORAGE_LOST = "storage_lost"
     SWITCHOVER_REFUSED = "switchover_refused"
     # operator
     MAINTENANCE = "maintenance"
@@ -313,6 +314,9 @@ def _leading(obs: Observation, now: float, timing: Timing, until: float) -> Plan
             return replace(plan, actions=(*plan.actions, ReleaseLeadership(epoch)), lease_valid_until=until)
         if not fenced_before:
             return replace(_step_down_plan(obs, Reason.UNFENCED_SERVING), lease_valid_until=until)
+    if _storage_lost(obs, now, timing):
+        # I/O through us would fail at the disks: hand over to the standby that still sees them.
+        return _hand_over(obs, until, "storage-lost", Reason.STORAGE_LOST)
     intent = c.switchover
     if intent is not None and intent.state == "pending":
         handled = _handle_switchover(obs, now, head, until)
@@ -400,16 +404,30 @@ def _handle_switchover(obs: Observation, now: float, head: list[Action], until: 
     if refusal:
         return Plan(Reason.SWITCHOVER_REFUSED, _leader_role(obs),
                     (*head, FinishSwitchover(intent.intent_id, "refused", refusal)), until)
+    return _hand_over(obs, until, intent.intent_id, Reason.HANDING_OFF)
+
+
+def _hand_over(obs: Observation, until: float, handed_off: str, reason: Reason) -> Plan:
+    """The ordered hand-over: Transitioning, cut and remove addresses, Standby, say so, release, disarm."""
     actions: list[Action] = []
     actions.extend(_step_down_actions(obs, TRANSITIONING))
     if obs.spec.alua and obs.datapath.own_group is not None:
         actions.append(SetAlua(own=STANDBY, peer=STANDBY))
     actions.append(_report(obs, Role.STANDBY, STANDBY if obs.spec.alua else None, frozenset(),
-                           handed_off=intent.intent_id))
-    actions.append(ReleaseLeadership(c.epoch))
+                           handed_off=handed_off))
+    actions.append(ReleaseLeadership(obs.coord.epoch))
     if obs.watchdog_armed:
         actions.append(DisarmWatchdog())
-    return Plan(Reason.HANDING_OFF, Role.DEMOTING, tuple(actions), until)
+    return Plan(reason, Role.DEMOTING, tuple(actions), until)
+
+
+def _storage_lost(obs: Observation, now: float, timing: Timing) -> bool:
+    """Our paths to the shared disks are down (for longer than a glitch) while a ready standby has them."""
+    s, c = obs.storage, obs.coord
+    if s.visible or s.invisible_since is None or now - s.invisible_since < timing.storage_grace_s:
+        return False
+    p = c.peer
+    return p is not None and p.ready and p.role is Role.STANDBY and not c.maintenance.enabled
 
 
 def shutdown_plan(obs: Observation) -> Plan:

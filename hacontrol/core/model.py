@@ -163,6 +163,7 @@ class Storage:
     holder: tuple[str, int] | None = None
     stale_peer_key: bool = False
     last_fence: FenceRecord | None = None
+    invisible_since: float | None = None  # when the disks stopped answering (None while visible)
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ class Timing:
     standby_settle_s: float = 0.5
     switchover_timeout_s: float = 30.0
     startup_grace_s: float = 5.0
+    storage_grace_s: float = 1.0
 
     @property
     def watchdog_timeout_s(self) -> float:

@@ -69,6 +69,7 @@ class Controller:
     zk_reachable: bool = True
     disk_reachable: bool = True
     fence_device_ok: bool = True
+    disk_lost_at: float | None = None
     # agent memory
     started: bool = False  # the (re)started or thawed agent has completed its first tick
     session_id: int | None = None
@@ -188,6 +189,10 @@ class Cluster:
     def _environment(self) -> None:
         self.zk.expire(self.now)
         for c in self.nodes.values():
+            if c.disk_reachable:
+                c.disk_lost_at = None
+            elif c.disk_lost_at is None:
+                c.disk_lost_at = self.now
             if c.powered and c.watchdog_deadline is not None and self.now >= c.watchdog_deadline:
                 self.log.append((self.now, c.name, "watchdog reset"))
                 c.power_off()
@@ -254,7 +259,7 @@ class Cluster:
         if not self.profile.pr:
             return Storage(pr=False, visible=c.disk_reachable, last_fence=c.last_fence)
         if not c.disk_reachable:
-            return Storage(pr=True, visible=False, last_fence=c.last_fence)
+            return Storage(pr=True, visible=False, last_fence=c.last_fence, invisible_since=c.disk_lost_at)
         mine = {d.registrations.get(c.name) for d in self.disks}
         my_epoch = key_parts(mine.pop())[1] if len(mine) == 1 and None not in mine else None
         holders = {(d.holder, d.holder_key()) for d in self.disks}

@@ -362,3 +362,16 @@ def test_a_stale_peer_key_while_serving_is_fenced_again_not_a_failover():
     fence = next(a for a in plan.actions if isinstance(a, A.FencePeer))
     assert fence == A.FencePeer(5, A.FenceMode.PLANNED)  # the peer is alive and serves nothing: no power
     assert "RemoveVips" not in names(plan) and "ReleaseLeadership" not in names(plan)
+
+
+def test_an_active_that_lost_its_disks_hands_over_to_a_ready_standby():
+    lost = with_storage(active(), visible=False, invisible_since=NOW - T.storage_grace_s)
+    plan = decide(lost, NOW, T)
+    assert plan.reason is Reason.STORAGE_LOST
+    assert [a.name for a in plan.actions if a.name != "KickWatchdog"][:2] == ["SetAlua", "RemoveVips"]
+    assert plan.actions[0] == A.SetAlua(own=TR, peer=SB)
+    assert A.ReleaseLeadership(5) in plan.actions
+    glitch = with_storage(active(), visible=False, invisible_since=NOW - T.storage_grace_s / 2)
+    assert decide(glitch, NOW, T).reason is not Reason.STORAGE_LOST
+    alone = with_coord(lost, peer=None)  # nobody better to hand over to: stay
+    assert decide(alone, NOW, T).reason is not Reason.STORAGE_LOST

@@ -63,6 +63,7 @@ class Fencing:
         self.policy = policy
         self.last: FenceRecord | None = None
         self.attempts: list[Attempt] = []
+        self._invisible_since: float | None = None
 
     @property
     def configured(self) -> bool:
@@ -75,9 +76,17 @@ class Fencing:
             view = self.reservations.observe(epoch_seen)
         except AdapterError as exc:
             log.warning("pr_observe_failed", error=str(exc))
-            return Storage(pr=True, visible=False, last_fence=self.last)
+            return Storage(pr=True, visible=False, last_fence=self.last, invisible_since=self._lost(False))
         return Storage(pr=True, visible=view.visible, my_key_epoch=view.my_key_epoch, holder=view.holder,
-                       stale_peer_key=view.stale_peer_key, last_fence=self.last)
+                       stale_peer_key=view.stale_peer_key, last_fence=self.last,
+                       invisible_since=self._lost(view.visible))
+
+    def _lost(self, visible: bool) -> float | None:
+        if visible:
+            self._invisible_since = None
+        elif self._invisible_since is None:
+            self._invisible_since = time.monotonic()
+        return self._invisible_since
 
     def fence_peer(self, epoch: int, mode: FenceMode, deadline: float) -> FenceRecord:
         self.attempts = []

@@ -80,6 +80,7 @@ def status_doc(view: ClusterView, cfg: Config, now_wall: float) -> dict[str, Any
     leader = None
     if view.leader is not None:
         leader = {"node": view.leader.node, "epoch": view.leader.epoch, "since": view.leader.at,
+                  "created_on_zookeeper": view.leader_ctime,
                   "session": None if view.leader_session is None else hex(view.leader_session)}
     maint = view.maintenance
     doc = {

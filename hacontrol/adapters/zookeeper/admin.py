@@ -35,6 +35,7 @@ class ClusterView:
     epoch: int
     leader: codec.LeaderDoc | None
     leader_session: int | None
+    leader_ctime: float | None  # when the leader znode was created, on ZooKeeper's clock (seconds)
     members: dict[str, Member]
     switchover: codec.SwitchoverDoc | None
     maintenance: codec.MaintenanceDoc
@@ -71,6 +72,7 @@ class Admin:
             epoch=codec.decode_epoch(self._get(codec.EPOCH)[0]) or 0,
             leader=leader,
             leader_session=None if stat is None else stat.ephemeralOwner,
+            leader_ctime=None if stat is None else stat.ctime / 1000.0,
             members=members,
             switchover=codec.decode_switchover(self._get(codec.SWITCHOVER)[0]),
             maintenance=codec.decode_maintenance(self._get(codec.MAINTENANCE)[0]),

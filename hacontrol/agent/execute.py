@@ -103,7 +103,7 @@ class Executor:
                 log.exception("step_crashed", action=action.name)
             end = self.clock()
             results.append(StepResult(action.name, ok, end - start, error, detail, end))
-            if ok and action.name == self.crash_after:
+            if ok and action.name == self.crash_after and self._crash_armed():
                 # Fault injection for the chaos tests only (HACONTROL_FAULT_CRASH_AFTER=FencePeer): die right
                 # after this step, as a controller that loses power in the middle of a takeover would.
                 log.error("fault_injected_crash", after=action.name)
@@ -165,6 +165,17 @@ class Executor:
         else:
             raise AdapterError(f"no handler for {a.name}")
         return ""
+
+    def _crash_armed(self) -> bool:
+        """With HACONTROL_FAULT_CRASH_ONCE=PATH the crash happens once: PATH is created and disarms it."""
+        once = os.environ.get("HACONTROL_FAULT_CRASH_ONCE", "")
+        if not once:
+            return True
+        try:
+            with open(once, "x"):
+                return True
+        except FileExistsError:
+            return False
 
     def _while_alive(self, call: Callable[[], Any], deadline: float) -> Any:
         """Run a long step in a worker thread and keep beating until it ends (it is bounded by ``deadline``)."""

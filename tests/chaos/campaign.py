@@ -1,0 +1,146 @@
+"""The chaos campaign on the VM rig: randomized faults, SCSI-visible invariants, a report.
+
+    sudo .venv/bin/python -m tests.chaos.campaign --trials 200 --seed 1 [--out .rig/chaos] [--deploy]
+    sudo .venv/bin/python -m tests.chaos.campaign --seed 1 --only-trial 17          # reproduce trial 17
+    sudo .venv/bin/python -m tests.chaos.campaign --report .rig/chaos               # rebuild the report
+
+Trial i of seed S draws its fault and timings from Random(f"{S}:{i}"), so any trial is reproducible from its
+seed and index. Each trial appends one JSON line to OUT/trials.jsonl (so runs accumulate); the report
+(OUT/report.md and OUT/pause.png) covers every trial in that file. The rig must be up (`vagrant/rig up`);
+--deploy installs the hacontrol configuration and starts the agents first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "vagrant"))
+sys.path.insert(0, str(ROOT))
+
+from rigctl import Rig, agents  # noqa: E402 - after the sys.path lines
+
+from tests.chaos import report as report_mod  # noqa: E402
+from tests.chaos.faults import CATALOG, Ctx, Fault  # noqa: E402
+from tests.chaos.invariants import judge  # noqa: E402
+from tests.chaos.rigchaos import Cluster, Mark, Monitor, Probe  # noqa: E402
+
+
+def pick(seed: int, index: int, names: list[str]) -> tuple[Fault, random.Random]:
+    rng = random.Random(f"{seed}:{index}")
+    return CATALOG[rng.choice(sorted(names))], rng
+
+
+def run_trial(cluster: Cluster, seed: int, index: int, names: list[str], workdir: Path) -> dict[str, Any]:
+    fault, rng = pick(seed, index, names)
+    started = time.monotonic()
+    active = cluster.restore()
+    standby = cluster.peer(active)
+    epoch_before = cluster.epoch()
+    monitor = Monitor(cluster.rig).start()
+    probe = Probe(cluster.rig, workdir, f"s{seed}-t{index}").start()
+    time.sleep(rng.uniform(2.0, 4.0))
+    mark = Mark(fault.name)
+    try:
+        fault.run(Ctx(cluster, active, standby, rng), mark)
+    except Exception as exc:
+        mark.notes.append(f"fault error: {type(exc).__name__}: {exc}")
+    time.sleep(3.0)
+    rep = probe.stop()
+    samples = monitor.stop()
+    status = cluster.status()
+    epoch_after = int(status.get("epoch", epoch_before))
+    verdict = judge(rep, samples, (epoch_before, epoch_after), fault.budget(cluster.session_timeout_s))
+    return {
+        "seed": seed, "index": index, "fault": fault.name, "params": mark.params, "notes": mark.notes,
+        "active_before": active, "active_after": (status.get("leader") or {}).get("node"),
+        "epoch_before": epoch_before, "epoch_after": epoch_after, "io_pause_s": rep.get("io_pause_s"),
+        "io_errors": rep.get("io_errors"), "writes_acknowledged": rep.get("writes_acknowledged"),
+        "writes_lost": rep.get("writes_lost"), "path_switches": rep.get("path_switches"),
+        "scsi_conditions": rep.get("scsi_conditions"), "samples": len(samples),
+        "phases": phases(cluster, mark, rep, status, epoch_after > epoch_before),
+        "violations": verdict.violations, "duration_s": round(time.monotonic() - started, 1),
+    }
+
+
+def phases(cluster: Cluster, mark: Mark, rep: dict[str, Any], status: dict[str, Any], changed: bool
+           ) -> dict[str, float | None]:
+    """Seconds from the fault: detect/fenced/alua/vips from the takeover record, anchored on the leader
+    znode's creation time (ZooKeeper runs on the host: same clock as the fault's mark); first good I/O
+    from the probe."""
+    out: dict[str, float | None] = {p: None for p in report_mod.PHASES}
+    leader = status.get("leader") or {}
+    created = leader.get("created_on_zookeeper")
+    if changed and created:
+        records = [r for r in cluster.history() if r.get("to") == leader.get("node") and r.get("phases")]
+        if records:
+            ph = records[-1]["phases"]
+            claimed = float(created) - mark.wall
+            for name in ("detect", "fenced", "alua", "vips"):
+                if name in ph and "claimed" in ph:
+                    out[name] = round(claimed + float(ph[name]) - float(ph["claimed"]), 3)
+    start = datetime.datetime.fromisoformat(rep["started_at"]).timestamp() if rep.get("started_at") else None
+    for outage in rep.get("outages", []):
+        if start and start + outage["lost_t_s"] >= mark.wall - 0.05 and outage.get("first_io_t_s") is not None:
+            out["first_io"] = round(start + outage["first_io_t_s"] - mark.wall, 3)
+            break
+    return out
+
+
+def write_report(out: Path) -> Path:
+    trials = report_mod.load([out / "trials.jsonl"])
+    md = report_mod.markdown(trials, title=f"Chaos campaign ({len(trials)} trials)")
+    if report_mod.plot(trials, out / "pause.png"):
+        md += "\n![I/O pause per fault type](pause.png)\n"
+    (out / "report.md").write_text(md)
+    return out / "report.md"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--trials", type=int, default=10)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--first", type=int, default=0, help="index of the first trial (to continue a seed)")
+    ap.add_argument("--only-trial", type=int, help="run just this trial index (reproduce)")
+    ap.add_argument("--faults", default=",".join(sorted(CATALOG)), help="comma-separated subset of the catalog")
+    ap.add_argument("--out", type=Path, default=ROOT / ".rig" / "chaos")
+    ap.add_argument("--deploy", action="store_true", help="install the configuration and start the agents first")
+    ap.add_argument("--report", type=Path, help="only rebuild the report of this folder")
+    args = ap.parse_args(argv)
+    if args.report:
+        print(write_report(args.report))
+        return 0
+    names = [n for n in args.faults.split(",") if n]
+    unknown = [n for n in names if n not in CATALOG]
+    if unknown:
+        ap.error(f"unknown faults {unknown}; the catalog: {', '.join(sorted(CATALOG))}")
+    rig = Rig(quiet=True)
+    if args.deploy:
+        agents.deploy(rig, agents.config_text(rig))
+        agents.start(rig)
+    cluster = Cluster(rig)
+    args.out.mkdir(parents=True, exist_ok=True)
+    indexes = [args.only_trial] if args.only_trial is not None else range(args.first, args.first + args.trials)
+    bad = 0
+    for i in indexes:
+        result = run_trial(cluster, args.seed, i, names, args.out / "probes")
+        with open(args.out / "trials.jsonl", "a") as f:
+            f.write(json.dumps(result) + "\n")
+        bad += bool(result["violations"])
+        print(f"trial {i} {result['fault']}: pause {result['io_pause_s']} s, errors {result['io_errors']}, "
+              f"lost {result['writes_lost']}, epochs {result['epoch_before']}->{result['epoch_after']}, "
+              f"{'OK' if not result['violations'] else 'VIOLATION: ' + '; '.join(result['violations'])}",
+              flush=True)
+    print(write_report(args.out))
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""The fault catalog: each fault injects itself into the running rig, waits for what it expects, and says
+what the initiator may see (its Budget). Faults that need healing leave that to Cluster.restore().
+
+Budgets are in terms of the session timeout S of the rig's configuration (vagrant/rigctl/agents.TIMING).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from tests.chaos.invariants import Budget
+from tests.chaos.rigchaos import Cluster, Mark
+
+CRASH_DROPIN = "/run/systemd/system/hacontrol.service.d/chaos-crash.conf"
+CRASH_ONCE = "/run/hacontrol-chaos-crashed"
+
+
+@dataclass
+class Ctx:
+    cluster: Cluster
+    active: str
+    standby: str
+    rng: random.Random
+
+    @property
+    def rig(self) -> Any:
+        return self.cluster.rig
+
+    @property
+    def s(self) -> float:
+        return self.cluster.session_timeout_s
+
+    def wait_active(self, node: str, timeout_s: float) -> float | None:
+        """Seconds until ``node`` is the active controller, or None."""
+        start = time.monotonic()
+        for _ in range(int(timeout_s / 0.5) + 1):
+            if self.cluster.active() == node:
+                return time.monotonic() - start
+            time.sleep(0.5)
+        return None
+
+
+@dataclass(frozen=True)
+class Fault:
+    name: str
+    run: Callable[[Ctx, Mark], None]
+    budget: Callable[[float], Budget]
+    ci: bool = False
+    about: str = ""
+
+
+def _failover(s: float, extra: float = 0.0) -> Budget:
+    return Budget(io_pause_s=s + 6.0 + extra, epoch_changes=(1, 1))
+
+
+def _nothing(s: float) -> Budget:
+    return Budget(io_pause_s=2.0, epoch_changes=(0, 0))
+
+
+def kill_agent(c: Ctx, m: Mark) -> None:
+    m.now()
+    c.rig.kill_agent(c.active)
+    c.wait_active(c.standby, 6 * c.s + 30)
+
+
+def freeze_agent(factor: float) -> Callable[[Ctx, Mark], None]:
+    def run(c: Ctx, m: Mark) -> None:
+        m.params["seconds"] = seconds = round(factor * c.s, 2)
+        m.now()
+        c.rig.freeze_agent(c.active, seconds)
+        if factor > 1:
+            c.wait_active(c.standby, 6 * c.s + 30)
+        else:
+            time.sleep(2 * c.s)
+    return run
+
+
+def freeze_vm(c: Ctx, m: Mark) -> None:
+    m.params["seconds"] = seconds = round(c.rng.uniform(2, 3) * c.s, 2)
+    m.now()
+    try:
+        c.rig.freeze_vm(c.active, seconds)  # the peer powers the frozen VM off meanwhile: resuming may fail
+    except Exception as exc:
+        m.notes.append(f"resume after freeze: {exc}")
+    c.wait_active(c.standby, 6 * c.s + 30)
+
+
+def power_off(c: Ctx, m: Mark) -> None:
+    m.now()
+    c.rig.power_off(c.active)
+    c.wait_active(c.standby, 6 * c.s + 30)
+
+
+def partition(target: str, expect_failover: bool) -> Callable[[Ctx, Mark], None]:
+    def run(c: Ctx, m: Mark) -> None:
+        m.params["seconds"] = seconds = round(c.rng.uniform(3, 5) * c.s, 2)
+        m.now()
+        c.rig.partition(c.active, target)
+        if expect_failover:
+            c.wait_active(c.standby, 6 * c.s + 30)
+        else:
+            time.sleep(seconds)
+        c.rig.heal()
+    return run
+
+
+def standby_isolated(c: Ctx, m: Mark) -> None:
+    m.now()
+    for target in ("zk", "peer", "initiators"):
+        c.rig.partition(c.standby, target)
+    time.sleep(3 * c.s)
+    c.rig.heal()
+
+
+def zk_leader_loss(c: Ctx, m: Mark) -> None:
+    modes = c.rig.zk_modes()
+    members = list(c.rig.topology.zookeeper.members)
+    leader = next((i + 1 for i, a in enumerate(members) if modes.get(a) == "leader"), 1)
+    m.params["member"] = leader
+    m.now()
+    c.rig.zk_stop(leader)
+    time.sleep(3 * c.s)
+    c.rig.zk_start(leader)
+
+
+def zk_quorum_loss(c: Ctx, m: Mark) -> None:
+    m.params["seconds"] = seconds = round(c.rng.uniform(1, 3) * c.s, 2)
+    victims = [1, 2]
+    m.now()
+    for member in victims:
+        c.rig.zk_stop(member)
+    time.sleep(seconds)
+    for member in victims:
+        c.rig.zk_start(member)
+    time.sleep(2 * c.s)
+
+
+def crash_mid_takeover(c: Ctx, m: Mark) -> None:
+    """The standby will die right after fencing (before ALUA/VIPs); then the active is powered off."""
+    drop_in = f"[Service]\nEnvironment=HACONTROL_FAULT_CRASH_AFTER=FencePeer HACONTROL_FAULT_CRASH_ONCE={CRASH_ONCE}\n"
+    c.rig.ssh(c.standby, f"rm -f {CRASH_ONCE}; mkdir -p $(dirname {CRASH_DROPIN}) && cat > {CRASH_DROPIN} && "
+                         "systemctl daemon-reload && systemctl restart hacontrol.service", input_text=drop_in,
+              check=True, timeout=120)
+    for _ in range(120):
+        if c.cluster.healthy() == c.active:
+            break
+        time.sleep(1)
+    m.now()
+    c.rig.power_off(c.active)
+    c.wait_active(c.standby, 10 * c.s + 60)
+    c.rig.ssh(c.standby, f"rm -f {CRASH_DROPIN}; systemctl daemon-reload", timeout=60)
+    m.notes.append("standby crashed after FencePeer" if "1" in c.rig.ssh(
+        c.standby, f"test -e {CRASH_ONCE} && echo 1", timeout=30).stdout else "the crash point was not reached")
+
+
+def disk_path_loss(c: Ctx, m: Mark) -> None:
+    m.now()
+    c.rig.fail_disk_path(c.active)
+    c.wait_active(c.standby, 6 * c.s + 60)
+    c.rig.heal()
+
+
+def planned(back_to_back: bool) -> Callable[[Ctx, Mark], None]:
+    def run(c: Ctx, m: Mark) -> None:
+        from rigctl import agents
+
+        m.now()
+        out = agents.hactl(c.rig, "failover", "--to", c.standby, "--json", timeout=120)
+        m.notes.append(out.stdout.strip()[-300:] or out.stderr.strip()[-300:])
+        if back_to_back:
+            time.sleep(1.0)
+            out = agents.hactl(c.rig, "failover", "--to", c.active, "--json", timeout=120)
+            m.notes.append(out.stdout.strip()[-300:] or out.stderr.strip()[-300:])
+        time.sleep(2.0)
+    return run
+
+
+def lossy_zk(c: Ctx, m: Mark) -> None:
+    m.params["seconds"] = seconds = 30
+    m.now()
+    c.rig.partition(c.active, "zk-lossy")
+    time.sleep(seconds)
+    c.rig.heal()
+
+
+CATALOG: dict[str, Fault] = {f.name: f for f in (
+    Fault("kill-agent", kill_agent, _failover, ci=True, about="kill -9 of the active agent"),
+    Fault("freeze-agent-short", freeze_agent(0.4), _nothing, about="SIGSTOP the active agent for 0.4 S"),
+    Fault("freeze-agent-long", freeze_agent(2.5), _failover, about="SIGSTOP the active agent for 2.5 S"),
+    Fault("freeze-vm", freeze_vm, lambda s: _failover(s, 10.0), about="pause the active VM for 2-3 S"),
+    Fault("power-off", power_off, _failover, ci=True, about="power the active VM off"),
+    Fault("partition-zk", partition("zk", True), _failover, ci=True, about="active cut from ZooKeeper"),
+    Fault("partition-peer", partition("peer", False), _nothing, about="active cut from its peer"),
+    Fault("partition-initiators", partition("initiators", False),
+          lambda s: Budget(io_pause_s=5 * s + 6, epoch_changes=(0, 0), io_errors_allowed=True),
+          about="active cut from the initiators (hacontrol cannot see it: I/O waits for the heal)"),
+    Fault("standby-isolated", standby_isolated, _nothing, about="standby cut from everything"),
+    Fault("zk-leader-loss", zk_leader_loss, _nothing, about="kill the ZooKeeper leader member"),
+    Fault("zk-quorum-loss", zk_quorum_loss,
+          lambda s: Budget(io_pause_s=6 * s + 10, epoch_changes=(0, 1)), about="stop 2 of 3 ZooKeeper members"),
+    Fault("crash-mid-takeover", crash_mid_takeover, lambda s: Budget(io_pause_s=4 * s + 25, epoch_changes=(2, 3)),
+          about="the new active dies after fencing, before ALUA"),
+    Fault("disk-path-loss", disk_path_loss,
+          lambda s: Budget(io_pause_s=s + 20, epoch_changes=(1, 1), io_errors_allowed=True),
+          about="the active loses its path to the shelf"),
+    # Planned: the goal is a pause under 1 s; the budget leaves room for TCG guests (reported, not hidden).
+    Fault("planned-switchover", planned(False), lambda s: Budget(io_pause_s=2.0, epoch_changes=(1, 1)), ci=True,
+          about="hactl failover under load"),
+    Fault("back-to-back", planned(True), lambda s: Budget(io_pause_s=2.0, epoch_changes=(2, 2)),
+          about="two planned switchovers in a row"),
+    Fault("lossy-zk", lossy_zk, _nothing, about="10 % packet loss between the active and ZooKeeper for 30 s"),
+)}

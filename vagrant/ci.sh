@@ -55,6 +55,6 @@ echo "smoke took $(elapsed "$t")"
 step "rig tests (pytest tests/rig)"
 t=$(date +%s)
 # The tests reuse the rig that is up (and leave it to the trap above).
-timeout 1800 "$PYTHON" -m pytest tests/rig -q -p no:cacheprovider || rc=1
+HACONTROL_RIG_TESTS=1 timeout 2400 "$PYTHON" -m pytest tests/rig tests/chaos -q -p no:cacheprovider || rc=1
 echo "tests took $(elapsed "$t")"
 exit $rc

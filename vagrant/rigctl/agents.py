@@ -33,8 +33,10 @@ IQN = "iqn.2024-01.org.hacontrol.rig:array"
 PROBE_INITIATOR = "iqn.2024-01.org.hacontrol:probe"
 POWER_PORT_BASE = 4400
 GUEST_CONFIG = "/etc/hacontrol/hacontrol.toml"
-TIMING = {"session_timeout_s": 3.0, "loop_interval_s": 0.2, "demote_deadline_s": 1.5, "watchdog_margin_s": 0.9,
-          "operation_timeout_s": 0.5, "fence_retry_s": 1.0, "standby_settle_s": 0.5, "switchover_timeout_s": 30.0,
+# TCG guests are slow: a longer session and tick than hacontrol's defaults (hactl config check holds them to the
+# same safety rules: demote deadline + tick + 2 steps before the watchdog, watchdog before expiry).
+TIMING = {"session_timeout_s": 3.0, "loop_interval_s": 0.2, "demote_deadline_s": 1.2, "watchdog_margin_s": 0.6,
+          "operation_timeout_s": 0.3, "fence_retry_s": 1.0, "standby_settle_s": 0.5, "switchover_timeout_s": 30.0,
           "startup_grace_s": 8.0}
 
 
@@ -103,6 +105,10 @@ def _disks(rig: Any) -> list[str]:
 
 def deploy(rig: Any, text: str) -> None:
     """Install the configuration on both controllers and check it there (the guests validate it themselves)."""
+    check = subprocess.run([python(), "-m", "hacontrol.cli.main", "config", "check", "/dev/stdin"], input=text,
+                           capture_output=True, text=True, timeout=60, cwd=REPO, check=False)
+    if check.returncode != 0:
+        raise RigError(f"the generated configuration is refused on the host:\n{check.stderr.strip()[-2000:]}")
     for node in rig.controllers:
         rig.ssh(node, f"install -d -m 0750 /etc/hacontrol && cat > {GUEST_CONFIG} && chmod 0600 {GUEST_CONFIG}",
                 input_text=text, check=True, timeout=60)

@@ -1,0 +1,45 @@
+"""The CI subset of the chaos campaign: a fixed seed, the faults marked ci=True in the catalog, one trial each.
+
+Every trial must show no invariant violation: no two writers, no PDL-class sense, no acknowledged write lost,
+no application error where none is allowed, I/O resumed within the fault's budget, no flapping. The trials are
+also written to .rig/chaos-ci/trials.jsonl with a report next to it, like the on-demand campaign.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.chaos.campaign import run_trial, write_report
+from tests.chaos.faults import CATALOG
+from tests.chaos.rigchaos import Cluster
+
+pytestmark = pytest.mark.rig
+SEED = 20261123
+OUT = Path(__file__).resolve().parents[2] / ".rig" / "chaos-ci"
+CI_FAULTS = sorted(name for name, f in CATALOG.items() if f.ci)
+
+
+@pytest.fixture(scope="module")
+def cluster(rig):
+    from rigctl import agents
+
+    agents.deploy(rig, agents.config_text(rig))
+    agents.start(rig)
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "trials.jsonl").unlink(missing_ok=True)
+    yield Cluster(rig)
+    agents.stop(rig)
+    write_report(OUT)
+
+
+@pytest.mark.parametrize("fault", CI_FAULTS)
+def test_fault_leaves_the_initiator_unharmed(cluster, fault):
+    import json
+
+    result = run_trial(cluster, SEED, CI_FAULTS.index(fault), [fault], OUT / "probes")
+    with open(OUT / "trials.jsonl", "a") as f:
+        f.write(json.dumps(result) + "\n")
+    assert result["fault"] == fault
+    assert not result["violations"], result

@@ -57,7 +57,7 @@ def _addr(rig: Any, host: int) -> str:
 
 
 def config_text(rig: Any, *, port_takeover: bool = True, timing: dict[str, float] | None = None,
-                power_fencing: bool = True) -> str:
+                power_fencing: bool = True, watchdog: bool = True) -> str:
     topo = rig.topology
     names = [n.name for n in topo.controllers]
     iface = san_interface(rig, names[0])
@@ -86,7 +86,8 @@ def config_text(rig: Any, *, port_takeover: bool = True, timing: dict[str, float
                   f'  serial = "{_serial(lun)}"', "  thin = true"]
     for iqn in (PROBE_INITIATOR, *(topo.node_iqn(n) for n in topo.initiators)):
         lines += ["  [[target.acl]]", f'  initiator = "{iqn}"']
-    lines += ["", "[watchdog]", 'device = "/dev/watchdog"', "", "[metrics]", 'listen = "0.0.0.0:9475"']
+    device = "/dev/watchdog" if watchdog else ""
+    lines += ["", "[watchdog]", f'device = "{device}"', "", "[metrics]", 'listen = "0.0.0.0:9475"']
     return "\n".join(lines) + "\n"
 
 

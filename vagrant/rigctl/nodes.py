@@ -127,4 +127,6 @@ def setup_node(guest: Guest, node: Node, topology: Topology, wheel: Path | None,
             result["hacontrol"] = install_hacontrol(guest, wheel, paths)
     else:
         guest.run("systemctl start multipathd.service", timeout=60)
+        if wheel is not None:  # the probe initiator runs here too (hactl probe io --device on multipath)
+            result["hacontrol"] = install_hacontrol(guest, wheel, paths)
     return result

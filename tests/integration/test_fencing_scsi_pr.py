@@ -280,7 +280,8 @@ def test_prtool_shows_the_disks_and_checks_writes(lab, target, controllers):
     controllers("ctrl-a", devices).ok("take_over", epoch=3)
     code, doc = prtool(lab, "ctrl-b", "--node-id", "2", "--peer-id", "1", "show", "--epoch", "3", *devices)
     assert code == 0 and doc["storage"] == {"pr": True, "visible": True, "my_key_epoch": None,
-                                            "holder": ["node-1", 3], "stale_peer_key": False}
+                                            "holder": ["node-1", 3], "stale_peer_key": False,
+                                            "invisible_since": None}
     assert doc["disks"][0]["keys"] == ["0x0000000100000003 (node 1, epoch 3)"] and doc["disks"][0]["type"] == 5
     # a zero-block WRITE from an unregistered nexus: refused by the reservation, no data written
     code, doc = prtool(lab, "ctrl-b", "write-check", *devices)

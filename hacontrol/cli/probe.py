@@ -1,4 +1,5 @@
 """``hactl probe io``: write, read back and verify a LUN region through a userspace initiator during a failover.
+``hactl probe vaai``: per LUN, what ESXi's VAAI status would say, plus ALUA and identity (hacontrol.probe.vaai).
 
 The lead's hactl main calls :func:`add_parser` and then ``args.func(args)`` (= :func:`run`). For standalone
 use and tests: ``python -m hacontrol.cli.probe io --portal ... --target ... --lun N``.
@@ -14,6 +15,7 @@ The probe writes to the LUN: point it at a scratch LUN or a region nobody else u
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -79,13 +81,43 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                     help="end the I/O phase when this file appears (SIGTERM/SIGINT do the same)")
     io.add_argument("--json", action="store_true", help="print the report as JSON")
     io.set_defaults(func=run)
+    _add_vaai(commands)
     probe.set_defaults(func=run)
     return probe
+
+
+VAAI_DESCRIPTION = """\
+Log in to the target and report, per LUN, what ESXi's `esxcli storage core device vaai status get` would show
+(ATS, Clone, Zero, Delete, thin provisioning), plus ALUA support (TPGS, REPORT TARGET PORT GROUPS) and the
+device identity (NAA, unit serial, relative port and port group of this path). Reads only: INQUIRY and VPD
+pages, READ CAPACITY (16), REPORT TARGET PORT GROUPS, REPORT SUPPORTED OPCODES, REPORT LUNS.
+Probe through an Active/Optimized path: a Standby path refuses some of these commands (listed as errors).
+Exit 0: probed; 2: could not log in or no LUN.
+"""
+
+
+def _add_vaai(commands: Any) -> None:
+    vaai = commands.add_parser("vaai", help="report VAAI primitives, thin provisioning, ALUA and identity per LUN",
+                               description=VAAI_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    vaai.add_argument("target_url", metavar="TARGET",
+                      help="[iscsi://]HOST[:PORT]/IQN[/LUN], e.g. iscsi://192.0.2.11/iqn.2026-11.com.example:array1")
+    vaai.add_argument("--lun", type=int, action="append", metavar="N", help="LUN to probe (repeat; default: the "
+                      "one in TARGET, else every LUN REPORT LUNS lists)")
+    vaai.add_argument("--initiator-name", default=DEFAULT_INITIATOR, metavar="IQN")
+    vaai.add_argument("--chap-user")
+    vaai.add_argument("--chap-secret-file", type=Path, metavar="PATH")
+    vaai.add_argument("--mutual-user")
+    vaai.add_argument("--mutual-secret-file", type=Path, metavar="PATH")
+    vaai.add_argument("--login-timeout", type=float, default=5.0, metavar="S")
+    vaai.add_argument("--json", action="store_true", help="print the reports as JSON")
+    vaai.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.probe_command == "io":
         return run_probe_io(args)
+    if args.probe_command == "vaai":
+        return run_probe_vaai(args)
     print(f"probe: unknown command {args.probe_command!r}", file=sys.stderr)
     return EXIT_UNUSABLE
 
@@ -106,6 +138,56 @@ def run_probe_io(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(f"probe io: FAILED: {reason}", file=sys.stderr, flush=True)
     return EXIT_UNUSABLE if report.fatal else EXIT_LOST
+
+
+def run_probe_vaai(args: argparse.Namespace) -> int:
+    from hacontrol.probe import vaai
+    from hacontrol.probe.session import ProbeError, Session
+
+    try:
+        portal, iqn, url_lun = parse_target_url(args.target_url)
+        creds = _credentials(args)
+    except UsageError as exc:
+        print(f"probe vaai: {exc}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    reports = []
+    try:
+        luns = args.lun or ([url_lun] if url_lun is not None else [])
+        if not luns:
+            with Session(Target(iqn, 0, args.initiator_name, creds)) as session:
+                session.connect(portal, args.login_timeout)
+                res = session.execute(vaai.cdb_report_luns(), data_in_len=16384)
+                luns = vaai.parse_report_luns(res.data) if res.ok else []
+        for lun in luns:
+            with Session(Target(iqn, lun, args.initiator_name, creds)) as session:
+                session.connect(portal, args.login_timeout)
+                reports.append(vaai.probe_lun(session, lun))
+    except ProbeError as exc:
+        print(f"probe vaai: {exc}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    if not reports:
+        print(f"probe vaai: {iqn} at {portal} shows no LUN to this initiator", file=sys.stderr)
+        return EXIT_UNUSABLE
+    if args.json:
+        print(json.dumps([r.as_dict() for r in reports], indent=1))
+    else:
+        print(vaai.render(reports))
+    return EXIT_OK
+
+
+def parse_target_url(text: str) -> tuple[str, str, int | None]:
+    """``[iscsi://]HOST[:PORT]/IQN[/LUN]`` -> (portal with port, IQN, LUN or None). No credentials in URLs:
+    they would show in process listings; use --chap-user and --chap-secret-file."""
+    rest = text.removeprefix("iscsi://")
+    if "@" in rest.partition("/")[0]:
+        raise UsageError("TARGET must not carry credentials; use --chap-user and --chap-secret-file")
+    host, _, path = rest.partition("/")
+    iqn, _, lun = path.partition("/")
+    if not host or not iqn:
+        raise UsageError(f"TARGET {text!r}: expected [iscsi://]HOST[:PORT]/IQN[/LUN]")
+    if lun and not lun.isdigit():
+        raise UsageError(f"TARGET {text!r}: the LUN must be a number")
+    return normalize_portal(host), iqn, int(lun) if lun else None
 
 
 def build_params(args: argparse.Namespace) -> IoParams:

@@ -76,7 +76,8 @@ def build_controller(cfg: Config, node: str, *, doubles: str | None = None, zk_h
     executor.on_published = sync.published
     agent.on_tick = lambda report: (metrics.on_tick(report), _notify(notifier, report))
     executor.heartbeat = lambda: notifier.notify("WATCHDOG=1")
-    executor.publish_extra = lambda: {**_publish_extra(agent), **sync.report()}
+    executor.publish_extra = lambda: {**_publish_extra(agent), **sync.report(), **_capacity_extra(parts["target"])}
+    _wire_capacity(parts["target"], metrics, sync)
     return Controller(node, peer, "doubles" if doubles else cfg.backend, cfg.timing, session, coordinator, agent,
                       notifier, metrics, parts)
 
@@ -106,6 +107,21 @@ def _publish_extra(agent: Agent) -> dict[str, Any]:
     }
 
 
+def _capacity_extra(target: Any) -> dict[str, Any]:
+    """The backing stores' fill level for the member report (``hactl status``); LIO only."""
+    report = getattr(target, "capacity_report", None)
+    return {"capacity": report()} if report is not None else {}
+
+
+def _wire_capacity(target: Any, metrics: Metrics, sync: ConfigSync) -> None:
+    """Capacity readings feed the metrics; a threshold crossing republishes the member report at once (the
+    config sync's dirty flag is the agent's existing "publish again" switch)."""
+    if not hasattr(target, "on_capacity"):
+        return
+    target.on_capacity = lambda r: metrics.on_capacity(r.lun, r.used_ratio, r.threshold_ratio)
+    target.on_capacity_crossing = lambda: setattr(sync, "dirty", True)
+
+
 def _notify(notifier: SystemdNotifier, report: TickReport) -> None:
     notifier.alive(f"{report.plan.role.value}: {report.plan.reason.value}")
 
@@ -132,7 +148,7 @@ def _real(cfg: Config, node: str) -> dict[str, Any]:
     network = Network(netns=None, garp_count=cfg.network.garp_count, garp_interval_s=cfg.network.garp_interval_s,
                       dad_timeout_s=cfg.network.dad_timeout_s,
                       iscsi_ports=tuple(sorted({t.port for t in cfg.targets})) or (3260,))
-    target, alua, ports = _target(cfg, node)
+    target, alua, ports = _target(cfg, node, network)
     return {
         "target": target,
         "network": network,
@@ -143,7 +159,7 @@ def _real(cfg: Config, node: str) -> dict[str, Any]:
     }
 
 
-def _target(cfg: Config, node: str) -> tuple[Any, bool, Any]:
+def _target(cfg: Config, node: str, network: Any = None) -> tuple[Any, bool, Any]:
     if cfg.backend == "tgt":
         from hacontrol.adapters.tgt import TgtTarget
 
@@ -151,7 +167,8 @@ def _target(cfg: Config, node: str) -> tuple[Any, bool, Any]:
         return TgtTarget(control_port=control_port).port(cfg, node), False, None
     from hacontrol.adapters.lio import LioPort
 
-    port = LioPort(cfg, node)
+    # The network adapter adds and removes the portal addresses when a port moves (port takeover).
+    port = LioPort(cfg, node, network=network)
     return port, True, (port if cfg.port_takeover else None)
 
 

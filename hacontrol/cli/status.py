@@ -68,6 +68,7 @@ def status_doc(view: ClusterView, cfg: Config, now_wall: float) -> dict[str, Any
             "storage_visible": d.get("storage_visible"),
             "fence": d.get("fence"),
             "hosts_peer_ports": d.get("hosts_peer_ports", False),
+            "capacity": d.get("capacity", []),  # LIO: backing store fill per LUN (adapters/lio/capacity.py)
             "config": {"sha256": (d.get("config_sha256") or "")[:12], "number": d.get("config_number"),
                        "restart_pending": d.get("config_restart_pending", False), "error": d.get("config_error", "")},
             "last_seen_s": None if m is None else round(now_wall - m.modified_wall, 3),
@@ -143,6 +144,7 @@ def render(doc: dict[str, Any]) -> str:
         c = n["config"]
         if c["error"] or c["restart_pending"]:
             lines.append(f"  {n['node']} configuration: {c['error'] or 'restart needed for non-target changes'}")
+    lines.extend(_capacity_lines(doc))
     s = doc["switchover"]
     if s is None:
         lines.append("switchover: none")
@@ -156,3 +158,15 @@ def render(doc: dict[str, Any]) -> str:
         lines.append("automatic failover: NOT possible")
         lines.extend(f"  - {w}" for w in af["why_not"])
     return "\n".join(lines)
+
+
+def _capacity_lines(doc: dict[str, Any]) -> list[str]:
+    """One line per LUN whose backing store is over its warning threshold."""
+    out = []
+    for n in doc["nodes"]:
+        for c in n.get("capacity", []):
+            if c.get("over") and c.get("used_ratio") is not None:
+                pool = f" (pool {c['pool']})" if c.get("pool") else ""
+                out.append(f"capacity: {n['node']} LUN {c['lun']} backing store {100 * c['used_ratio']:.0f}% full"
+                           f"{pool}, warning at {100 * c['threshold_ratio']:.0f}%")
+    return out

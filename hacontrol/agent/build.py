@@ -104,6 +104,8 @@ def _publish_extra(agent: Agent) -> dict[str, Any]:
         "storage_visible": last.observation.storage.visible,
         "fence": None if last.observation.storage.last_fence is None else last.observation.storage.last_fence.detail,
         "pid": os.getpid(),
+        # why the last tick's plan stopped (e.g. the target configuration LIO refuses), for hactl status
+        "last_error": next((f"{r.action}: {r.error}" for r in last.results if not r.ok), "")[:2000],
     }
 
 

@@ -88,7 +88,12 @@ class Executor:
 
     def run(self, plan: Plan) -> tuple[StepResult, ...]:
         results: list[StepResult] = []
+        failed = False
         for action in plan.actions:
+            if failed and not (isinstance(action, A.Publish) and action.handed_off is None):
+                # A failed step ends the plan. Only a plain report of what we are still goes out (so operators
+                # see why); never a hand-off report, which promises that the skipped steps happened.
+                continue
             start = self.clock()
             try:
                 if action.needs_lease and (plan.lease_valid_until is None or start >= plan.lease_valid_until):
@@ -108,8 +113,7 @@ class Executor:
                 # after this step, as a controller that loses power in the middle of a takeover would.
                 log.error("fault_injected_crash", after=action.name)
                 os._exit(70)
-            if not ok:
-                break
+            failed = failed or not ok
         return tuple(results)
 
     def _do(self, a: A.Action, deadline: float) -> str:

@@ -28,6 +28,7 @@ log = structlog.get_logger("hacontrol.agent")
 
 _ROUTINE = ("Publish", "KickWatchdog")
 BURST_LIMIT = 8
+REPEAT_LOG_S = 30.0  # a failure that repeats unchanged every tick is logged at info this often
 
 
 @dataclass
@@ -50,6 +51,8 @@ class Agent:
     config_sync: ConfigSync | None = None
     last: TickReport | None = None
     _last_reason: Any = None
+    _last_failure: tuple[tuple[str, str], ...] = ()
+    _failure_logged_at: float = float("-inf")
 
     def tick(self) -> TickReport:
         start = self.clock()
@@ -90,7 +93,19 @@ class Agent:
         acting = [a for a in r.results if a.action not in _ROUTINE]
         changed = r.plan.reason is not self._last_reason
         self._last_reason = r.plan.reason
-        emit = log.info if (acting or changed) else log.debug
+        failure = tuple((a.action, a.error) for a in r.results if not a.ok)
+        now = self.clock()
+        if failure and failure == self._last_failure and all(not a.ok for a in acting) and not changed:
+            # the same step failing the same way every tick: say so again only every REPEAT_LOG_S
+            repeat_due = now - self._failure_logged_at >= REPEAT_LOG_S
+            if repeat_due:
+                self._failure_logged_at = now
+            emit = log.info if repeat_due else log.debug
+        else:
+            if failure:
+                self._failure_logged_at = now
+            emit = log.info if (acting or changed) else log.debug
+        self._last_failure = failure
         emit(
             "tick",
             reason=r.plan.reason.value,

@@ -68,6 +68,7 @@ def status_doc(view: ClusterView, cfg: Config, now_wall: float) -> dict[str, Any
             "storage_visible": d.get("storage_visible"),
             "fence": d.get("fence"),
             "hosts_peer_ports": d.get("hosts_peer_ports", False),
+            "last_error": d.get("last_error", ""),
             "capacity": d.get("capacity", []),  # LIO: backing store fill per LUN (adapters/lio/capacity.py)
             "config": {"sha256": (d.get("config_sha256") or "")[:12], "number": d.get("config_number"),
                        "restart_pending": d.get("config_restart_pending", False), "error": d.get("config_error", "")},
@@ -144,6 +145,8 @@ def render(doc: dict[str, Any]) -> str:
         c = n["config"]
         if c["error"] or c["restart_pending"]:
             lines.append(f"  {n['node']} configuration: {c['error'] or 'restart needed for non-target changes'}")
+        if n.get("last_error"):
+            lines.append(f"  {n['node']} last failed step: {n['last_error']}")
     lines.extend(_capacity_lines(doc))
     s = doc["switchover"]
     if s is None:

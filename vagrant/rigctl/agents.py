@@ -83,7 +83,7 @@ def config_text(rig: Any, *, port_takeover: bool = True, timing: dict[str, float
               "[[target]]", f'iqn = "{IQN}"', f'allowed_networks = ["{topo.networks["san"].cidr}"]']
     for lun, disk in enumerate(disks):
         lines += ["  [[target.lun]]", f"  id = {lun}", f'  name = "disk{lun}"', f'  device = "{disk}"',
-                  f'  serial = "{_serial(lun)}"', "  thin = true"]
+                  f'  serial = "{_serial(lun)}"', "  thin = false"]
     for iqn in (PROBE_INITIATOR, *(topo.node_iqn(n) for n in topo.initiators)):
         lines += ["  [[target.acl]]", f'  initiator = "{iqn}"']
     device = "/dev/watchdog" if watchdog else ""

@@ -70,7 +70,10 @@ class IoParams:
     backoff_initial_s: float = 0.05
     backoff_max_s: float = 1.0
     max_transport_retries: int = 5
-    max_unit_attentions: int = 3
+    # Linux's ALUA handler requeues 2A/06 (access state changed), 3F/0E (reported LUNs changed) and 29/xx
+    # without counting them as retries, and a switchover followed by path changes can meet several UAs on
+    # one I/O (one per new session); 10 is well above what one failover produces, and still bounded.
+    max_unit_attentions: int = 10
     max_path_switches: int = 1000  # per I/O: ALUA path-state answers followed by another portal (bounded);
     # with the growing wait between rounds this lets an I/O wait out a transition or a no-active-path spell,
     # as ESXi does until its all-paths-down timeout

@@ -44,26 +44,38 @@ class Verdict:
         return not self.violations
 
 
-def two_writers(samples: Sequence[Sample], window_s: float = 0.6) -> list[str]:
+def two_writers(samples: Sequence[Sample], slack_s: float = 0.5) -> list[str]:
     """Never two controllers that are AO *and* registered (writes accepted) at the same time.
 
-    Samples of the two controllers are paired when taken within ``window_s`` of each other.
+    Samples are timestamped when they reach the host, after an ssh hop from a busy VM, so a sample can arrive a
+    few hundred milliseconds late and two controllers' samples are never simultaneous. A controller therefore
+    counts as a writer at the moment of the other's writer sample only if it said "writer" in its last sample
+    before that moment *and* in every sample up to at least ``slack_s`` after it. So a hand-over between two
+    samples (fence, then the new side goes AO), a late sample from before the fence, or a controller that went
+    dark (powered off) is not two writers; an overlap that lasts longer than ``slack_s`` plus a sampling period
+    is caught.
     """
     by_node: dict[str, list[Sample]] = {}
-    for s in samples:
+    for s in sorted(samples, key=lambda s: s.t):
         by_node.setdefault(s.node, []).append(s)
     if len(by_node) < 2:
         return []
     (a, sa), (b, sb) = sorted(by_node.items())[:2]
     out = []
-    for x in sa:
-        if not (x.own_ao and x.registered):
-            continue
-        for y in sb:
-            if abs(x.t - y.t) <= window_s and y.own_ao and y.registered:
-                out.append(f"t={x.t:.2f}: {a} and {b} both Active/Optimized with their keys registered")
-                break
-    return out[:5]
+    for mine, theirs in ((sa, sb), (sb, sa)):
+        for y in mine:
+            if not _writer(y):
+                continue
+            before = [x for x in theirs if x.t <= y.t][-1:]
+            span = [x for x in theirs if y.t < x.t]
+            upto = next((i for i, x in enumerate(span) if x.t >= y.t + slack_s), None)
+            if before and upto is not None and all(_writer(x) for x in (*before, *span[:upto + 1])):
+                out.append(f"t={y.t:.2f}: {a} and {b} both Active/Optimized with their keys registered")
+    return sorted(set(out))[:5]
+
+
+def _writer(s: Sample) -> bool:
+    return bool(s.own_ao and s.registered)
 
 
 def pdl(report: dict[str, Any]) -> list[str]:

@@ -30,7 +30,7 @@ def cluster(rig):
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "trials.jsonl").unlink(missing_ok=True)
     yield Cluster(rig)
-    agents.stop(rig)
+    agents.reset(rig)
     write_report(OUT)
 
 

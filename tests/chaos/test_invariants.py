@@ -16,8 +16,19 @@ def test_a_clean_failover_passes():
 
 
 def test_two_writers_are_caught_and_a_fenced_ao_is_not_a_writer():
-    both = [Sample(1.0, "ctrl-a", True, True), Sample(1.2, "ctrl-b", True, True)]
+    both = [Sample(1.0, "ctrl-a", True, True), Sample(1.2, "ctrl-b", True, True), Sample(1.45, "ctrl-a", True, True),
+            Sample(1.8, "ctrl-a", True, True)]
     assert two_writers(both)
+    # a hand-over between two samples: a's last writer sample, then b's first; a goes dark (powered off)
+    handover = [Sample(1.0, "ctrl-a", True, True), Sample(1.2, "ctrl-b", True, True), Sample(1.4, "ctrl-b", True, True)]
+    assert not two_writers(handover)
+    # a late sample from before the fence arrives after b's first writer sample, then a's key is gone
+    preempted = [*handover[:2], Sample(1.3, "ctrl-a", True, True), Sample(1.55, "ctrl-a", True, False),
+                 Sample(1.8, "ctrl-a", True, False)]
+    assert not two_writers(preempted)
+    # a frozen writer that resumes still AO and registered while b serves: caught
+    resumed = [*handover, Sample(9.0, "ctrl-a", True, True)]
+    assert two_writers(resumed)
     fenced = [Sample(1.0, "ctrl-a", True, False), Sample(1.2, "ctrl-b", True, True)]  # a's key preempted
     assert not two_writers(fenced)
 

@@ -19,6 +19,14 @@ import pytest
 pytestmark = pytest.mark.rig
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _clean_afterwards(rig):
+    yield
+    from rigctl import agents
+
+    agents.reset(rig)  # later tests drive LIO and the shelf themselves
+
+
 def _write_check(rig, node: str) -> dict:
     disks = " ".join(d["by_id"] for d in rig.jbod[node])
     out = rig.ssh(node, f"/opt/hacontrol/venv/bin/python -m hacontrol.adapters.fencing.prtool write-check {disks}",

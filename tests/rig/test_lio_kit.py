@@ -256,7 +256,10 @@ EMPTY = CONFIG.split("[[target]]", maxsplit=1)[0].replace('[iscsi.discovery_auth
 
 def lio_environment(rig: Any) -> Iterator[Lio]:
     """Both controllers configured from CONFIG, ctrl-a Active/Optimized; everything removed afterwards."""
+    from rigctl import agents
+
     rig.provision()
+    agents.reset(rig)  # agents left running by earlier tests would hold the disks and re-create their LIO objects
     _jbod_thin(rig, True)
     env = Lio(rig)
     try:

@@ -61,6 +61,9 @@ def tcp_probe(rig: Rig, address: str, port: int, duration_s: float) -> subproces
 
 
 def test_smoke_reports_every_part_true(rig: Rig) -> None:
+    from rigctl import agents
+
+    agents.reset(rig)  # the smoke builds its own LIO targets: no agent may hold relative port ids or disks
     result = rig.smoke()
     assert result["checks"], result
     failed = {name: result["details"][name] for name, ok in result["checks"].items() if not ok}

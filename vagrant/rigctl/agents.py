@@ -131,6 +131,25 @@ def stop(rig: Any) -> None:
         rig.ssh(node, "systemctl stop hacontrol.service", timeout=120)
 
 
+CLEAR_LIO = "python3 -c 'from rtslib_fb import RTSRoot; RTSRoot().clear_existing(confirm=True)'"
+
+
+def reset(rig: Any) -> None:
+    """Stop the agents and remove what they left on the controllers (LIO objects, portal addresses and VIPs,
+    the nftables table) and on the shelf (reservations and registrations), so tests that drive LIO or the
+    shelf themselves start clean."""
+    stop(rig)
+    addresses = [_addr(rig, h) for h in (*PORTAL_HOST.values(), VIP_HOST)]
+    for node in rig.controllers:
+        iface = san_interface(rig, node)
+        dels = "; ".join(f"ip addr del {a} dev {iface} 2>/dev/null" for a in addresses)
+        rig.ssh(node, f"{CLEAR_LIO}; {dels}; nft delete table inet hacontrol_lio 2>/dev/null; true", timeout=120)
+    node = rig.controllers[0]
+    disks = " ".join(json.dumps(d) for d in _disks(rig))
+    rig.ssh(node, f"/opt/hacontrol/venv/bin/python -m hacontrol.adapters.fencing.prtool clear --epoch 1 {disks}",
+            timeout=120)
+
+
 def hactl(rig: Any, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """hactl on the host, inside the rig namespace, with the configuration deployed to the controllers."""
     config = rig.paths.run / "hacontrol.toml"

@@ -138,6 +138,12 @@ def render(doc: dict[str, Any]) -> str:
     m = doc["maintenance"]
     on = f"ON: {m['reason'] or 'no reason given'} (by {m['by'] or '?'})"
     lines.append(f"maintenance: {on if m['enabled'] else 'off'}")
+    names = [n["node"] for n in doc["nodes"]]
+    for n in doc["nodes"]:
+        if n.get("hosts_peer_ports"):
+            others = [x for x in names if x != n["node"]]
+            lines.append(f"ports: {n['node']} hosts its own port and {others[0] if others else 'the peer'}'s "
+                         "(port takeover: portal addresses and target port adopted)")
     for n in doc["nodes"]:
         if n["frozen_actions"]:
             lines.append(f"  {n['node']} would have done: {', '.join(n['frozen_actions'])}")

@@ -1,0 +1,29 @@
+"""hactl status text: who hosts which ports after a port takeover, and why a controller's last plan stopped."""
+
+from __future__ import annotations
+
+from hacontrol.cli.status import render
+
+
+def _node(name: str, role: str, **kw) -> dict:
+    return {"node": name, "role": role, "is_leader": role == "active", "alua": "standby", "vips": [], "ready": True,
+            "session": "0x1", "last_seen_s": 0.5, "reason": role, "frozen_actions": [], "capacity": [],
+            "config": {"error": "", "restart_pending": False}, "hosts_peer_ports": False, "last_error": "", **kw}
+
+
+def _doc(*nodes: dict) -> dict:
+    return {"cluster": "c", "epoch": 4, "leader": None, "nodes": list(nodes), "switchover": None,
+            "maintenance": {"enabled": False, "reason": "", "by": ""},
+            "automatic_failover": {"possible": False, "why_not": ["ctrl-a is powered off"]}}
+
+
+def test_status_names_the_controller_that_hosts_the_peers_port():
+    text = render(_doc(_node("ctrl-a", "no session", ready=None), _node("ctrl-b", "active", hosts_peer_ports=True)))
+    assert "ports: ctrl-b hosts its own port and ctrl-a's" in text
+    assert "ports:" not in render(_doc(_node("ctrl-a", "standby"), _node("ctrl-b", "active")))
+
+
+def test_status_shows_the_step_that_keeps_failing():
+    text = render(_doc(_node("ctrl-a", "standby", ready=False, last_error="ConfigureTarget: lun[0] thin: no discard"),
+                       _node("ctrl-b", "active")))
+    assert "ctrl-a last failed step: ConfigureTarget: lun[0] thin: no discard" in text

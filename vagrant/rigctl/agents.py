@@ -137,7 +137,13 @@ CLEAR_LIO = "python3 -c 'from rtslib_fb import RTSRoot; RTSRoot().clear_existing
 def reset(rig: Any) -> None:
     """Stop the agents and remove what they left on the controllers (LIO objects, portal addresses and VIPs,
     the nftables table) and on the shelf (reservations and registrations), so tests that drive LIO or the
-    shelf themselves start clean."""
+    shelf themselves start clean. A controller a fault left paused or powered off is brought back first."""
+    rig.heal()
+    for node in rig.controllers:
+        if rig.vm_state(node) == "paused":
+            rig.resume_vm(node)
+        if rig.vm_state(node) == "off":
+            rig.power_on(node)
     stop(rig)
     addresses = [_addr(rig, h) for h in (*PORTAL_HOST.values(), VIP_HOST)]
     for node in rig.controllers:

@@ -258,8 +258,8 @@ def lio_environment(rig: Any) -> Iterator[Lio]:
     """Both controllers configured from CONFIG, ctrl-a Active/Optimized; everything removed afterwards."""
     from rigctl import agents
 
-    rig.provision()
     agents.reset(rig)  # agents left running by earlier tests would hold the disks and re-create their LIO objects
+    rig.provision()
     _jbod_thin(rig, True)
     env = Lio(rig)
     try:

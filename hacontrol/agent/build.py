@@ -19,6 +19,7 @@ from hacontrol.adapters.watchdog import DeviceWatchdog, NullWatchdog, SystemdNot
 from hacontrol.adapters.zookeeper import Coordinator, Session
 from hacontrol.agent import doubles
 from hacontrol.agent.configsync import ConfigSync, sha256
+from hacontrol.agent.connections import ConnectionWatch, tickle_peer
 from hacontrol.agent.execute import Executor
 from hacontrol.agent.loop import Agent, TickReport
 from hacontrol.agent.observe import Observer
@@ -76,7 +77,10 @@ def build_controller(cfg: Config, node: str, *, doubles: str | None = None, zk_h
     executor.on_published = sync.published
     agent.on_tick = lambda report: (metrics.on_tick(report), _notify(notifier, report))
     executor.heartbeat = lambda: notifier.notify("WATCHDOG=1")
-    executor.publish_extra = lambda: {**_publish_extra(agent), **sync.report(), **_capacity_extra(parts["target"])}
+    watch = None if doubles else _wire_connections(cfg, node, parts, agent=agent, executor=executor,
+                                                       coordinator=coordinator, sync=sync)
+    executor.publish_extra = lambda: {**_publish_extra(agent), **sync.report(), **_capacity_extra(parts["target"]),
+                                      **(watch.report() if watch is not None else {})}
     _wire_capacity(parts["target"], metrics, sync)
     return Controller(node, peer, "doubles" if doubles else cfg.backend, cfg.timing, session, coordinator, agent,
                       notifier, metrics, parts)
@@ -107,6 +111,26 @@ def _publish_extra(agent: Agent) -> dict[str, Any]:
         # why the last tick's plan stopped (e.g. the target configuration LIO refuses), for hactl status
         "last_error": next((f"{r.action}: {r.error}" for r in last.results if not r.ok), "")[:2000],
     }
+
+
+def _wire_connections(cfg: Config, node: str, parts: dict[str, Any], *, agent: Agent, executor: Executor,
+                      coordinator: Coordinator, sync: ConfigSync) -> ConnectionWatch | None:
+    """Port takeover: publish our iSCSI connections; after adopting the peer's port, tickle the peer's."""
+    if not (cfg.port_takeover and parts["ports"] is not None):
+        return None
+    addresses = [str(p.address.ip) for p in cfg.node(node).portals]
+    watch = ConnectionWatch(None, addresses, sorted({t.port for t in cfg.targets}) or [3260])
+    on_tick = agent.on_tick
+
+    def tick(report: TickReport) -> None:
+        if watch.poll():
+            sync.dirty = True  # our report changed outside the core's view: publish it again
+        if on_tick is not None:
+            on_tick(report)
+
+    agent.on_tick = tick
+    executor.after_adopt = lambda: tickle_peer(None, coordinator.peer_connections)
+    return watch
 
 
 def _capacity_extra(target: Any) -> dict[str, Any]:

@@ -83,6 +83,7 @@ class Executor:
     announced_at: float | None = None  # last claim or announcement of our VIPs (read by the observer)
     on_published: Callable[[], None] = lambda: None
     crash_after: str = field(default_factory=lambda: os.environ.get("HACONTROL_FAULT_CRASH_AFTER", ""))
+    after_adopt: Callable[[], str] | None = None  # tickle the peer's initiators once its ports are ours
     heartbeat: Callable[[], None] = lambda: None  # called while a long step (fencing) runs: keeps systemd's
     # watchdog fed, because a power fence may legitimately take longer than WatchdogSec
 
@@ -146,7 +147,7 @@ class Executor:
                 self.target.cut_connections(str(address.address.ip), deadline)
                 self.network.release(address, deadline)
         elif isinstance(a, A.AdoptPeerPorts | A.ReleasePeerPorts | A.BringUpOwnPorts):
-            self._ports(a, deadline)
+            return self._ports(a, deadline)
         elif isinstance(a, A.ConfigureTarget):
             return self.target.configure(deadline)
         elif isinstance(a, A.ArmWatchdog):
@@ -204,12 +205,15 @@ class Executor:
         except KeyError:
             raise AdapterError(f"{key} is not a configured address") from None
 
-    def _ports(self, a: A.Action, deadline: float) -> None:
+    def _ports(self, a: A.Action, deadline: float) -> str:
         if self.ports is None:
             raise AdapterError("port takeover needs the LIO backend; set cluster.port_takeover = false")
         if isinstance(a, A.AdoptPeerPorts):
             self.ports.adopt_peer(a.epoch, deadline)
-        elif isinstance(a, A.ReleasePeerPorts):
+            # The peer's portals answer from here now: make its initiators try them at once (tickle ACKs).
+            return self.after_adopt() if self.after_adopt is not None else ""
+        if isinstance(a, A.ReleasePeerPorts):
             self.ports.release_peer(deadline)
         else:
             self.ports.bring_up_own(deadline)
+        return ""

@@ -86,14 +86,14 @@ def initiator_login(rig: Rig) -> str:
 def probe_start(rig: Rig, device: str, name: str, duration_s: float) -> None:
     _ssh(rig, f"rm -f /root/{name}.stop /root/{name}.json; nohup {HACTL} probe io --device {device} "
               f"--duration {duration_s} --interval-ms 10 --stop-file /root/{name}.stop --json "
-              f"> /root/{name}.json 2>/root/{name}.log < /dev/null & echo started")
+              f"> /root/{name}.json 2>/root/{name}.log < /dev/null & echo $! > /root/{name}.pid")
 
 
 def probe_stop(rig: Rig, name: str, timeout_s: float = 240) -> dict[str, Any]:
     _ssh(rig, f"touch /root/{name}.stop")
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        out = _ssh(rig, f"pgrep -f 'stop-file /root/{name}.stop' >/dev/null || cat /root/{name}.json")
+        out = _ssh(rig, f"kill -0 $(cat /root/{name}.pid) 2>/dev/null || cat /root/{name}.json")
         if out.strip():
             return json.loads(out)
         time.sleep(2)

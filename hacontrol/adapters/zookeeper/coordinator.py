@@ -44,6 +44,7 @@ class Coordinator:
         self._connected_since: float | None = None
         self._peer_seen = False
         self.leader_at: float | None = None  # wall time in the leader znode (for history)
+        self.peer_connections: Any = []  # the peer's last published iSCSI connections (port takeover tickles)
 
     # --- observing ---------------------------------------------------------------------------
 
@@ -113,6 +114,9 @@ class Coordinator:
             self.leader_at = doc.at
         epoch = codec.decode_epoch(docs["epoch"][0]) or 0
         peer = codec.decode_report(docs["peer"][0])
+        if peer is not None:  # kept when the peer's znode goes: port takeover needs the dead peer's last list
+            raw = codec.loads(docs["peer"][0]) or {}
+            self.peer_connections = raw.get("iscsi_connections", [])
         self._peer_seen = self._peer_seen or peer is not None
         mine_data, mine_stat = docs["mine"]
         published = codec.decode_report(mine_data) if mine_stat is not None and mine_stat.ephemeralOwner == sid \

@@ -70,7 +70,7 @@ def build_controller(cfg: Config, node: str, *, doubles: str | None = None, zk_h
     timeline = Timeline(node, peer, record=lambda doc: (metrics.on_record(doc), _record(coordinator, doc)))
     executor = Executor(cfg.timing, coordinator, parts["target"], parts["network"], fencing, parts["watchdog"],
                         {v.key: v for v in vips}, ports=parts["ports"], rebooter=parts.get("rebooter"),
-                        fence_budget_s=_fence_budget(cfg, peer))
+                        fence_budget_s=_fence_budget(cfg, peer), ports_budget_s=_ports_budget(cfg))
     observer.announced_at = lambda: executor.announced_at
     sync = ConfigSync(config_path, cfg, coordinator, parts["target"], sha=sha256(config_text) if config_text else "")
     agent = Agent(cfg.timing, observer, executor, timeline=timeline, wake=wake, config_sync=sync)
@@ -89,6 +89,12 @@ def build_controller(cfg: Config, node: str, *, doubles: str | None = None, zk_h
 def _fence_budget(cfg: Config, peer: str) -> float:
     methods = cfg.node(peer).fencing
     return max(1.0, sum(m.timeout_s for m in methods)) if methods else 5.0
+
+
+def _ports_budget(cfg: Config) -> float:
+    """Moving a port: ALUA and TPG (one operation), the duplicate-address check, the announcements, the tickles."""
+    n = cfg.network
+    return cfg.timing.operation_timeout_s + n.dad_timeout_s + n.garp_count * n.garp_interval_s + 0.5
 
 
 def _record(coordinator: Coordinator, doc: dict[str, Any]) -> None:

@@ -78,6 +78,7 @@ class Executor:
     ports: PortMover | None = None
     rebooter: Rebooter | None = None
     fence_budget_s: float = 30.0
+    ports_budget_s: float = 0.0  # port takeover steps; below operation_timeout_s means operation_timeout_s
     publish_extra: Callable[[], dict[str, Any]] = dict
     clock: Callable[[], float] = time.monotonic
     announced_at: float | None = None  # last claim or announcement of our VIPs (read by the observer)
@@ -99,7 +100,7 @@ class Executor:
             try:
                 if action.needs_lease and (plan.lease_valid_until is None or start >= plan.lease_valid_until):
                     raise LeaseExpired("lease ran out before this step")
-                budget = self.fence_budget_s if isinstance(action, A.FencePeer) else self.timing.operation_timeout_s
+                budget = self._budget(action)
                 detail = self._do(action, start + budget)
                 ok, error = True, ""
             except AdapterError as exc:
@@ -116,6 +117,14 @@ class Executor:
                 os._exit(70)
             failed = failed or not ok
         return tuple(results)
+
+    def _budget(self, action: A.Action) -> float:
+        if isinstance(action, A.FencePeer):
+            return self.fence_budget_s
+        if isinstance(action, A.AdoptPeerPorts | A.ReleasePeerPorts | A.BringUpOwnPorts):
+            # moving a port includes the duplicate-address check and the announcements
+            return max(self.ports_budget_s, self.timing.operation_timeout_s)
+        return self.timing.operation_timeout_s
 
     def _do(self, a: A.Action, deadline: float) -> str:
         if isinstance(a, A.ClaimLeadership):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import structlog
 
 from hacontrol.agent import loop as loop_mod
@@ -91,3 +92,18 @@ def test_a_hand_off_report_never_follows_a_failed_step():
                         handed_off="switchover")
     results = _executor(target, sink).run(Plan(Reason.NOT_READY, Role.STANDBY, (A.ConfigureTarget(), handoff)))
     assert [(r.action, r.ok) for r in results] == [("ConfigureTarget", False)] and sink.published == []
+
+
+def test_moving_a_port_gets_the_ports_budget_not_the_operation_timeout():
+    seen = []
+
+    class Ports:
+        def adopt_peer(self, epoch: int, deadline: float) -> None:
+            seen.append(deadline - now[0])
+
+    now = [50.0]
+    ex = _executor(RefusingTarget(), Sink())
+    ex.clock, ex.ports, ex.ports_budget_s = (lambda: now[0]), Ports(), 1.35
+    ex.after_adopt = lambda: "tickled 3 peer connection(s)"
+    results = ex.run(Plan(Reason.ACTIVE, Role.ACTIVE, (A.AdoptPeerPorts(epoch=4),), lease_valid_until=99.0))
+    assert seen == [pytest.approx(1.35)] and results[0].ok and results[0].detail == "tickled 3 peer connection(s)"

@@ -135,6 +135,7 @@ def one_run(rig: Rig, cluster: Cluster, device: str, takeover: bool, index: int)
 
 def run_mode(rig: Rig, takeover: bool, runs: int) -> list[dict[str, Any]]:
     agents.reset(rig)
+    rig.provision()  # the controllers run this checkout's hacontrol
     agents.deploy(rig, agents.config_text(rig, port_takeover=takeover))
     agents.start(rig)
     cluster = Cluster(rig)

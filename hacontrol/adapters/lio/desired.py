@@ -291,6 +291,27 @@ def discard_supported(path: str) -> bool:
     return value is not None and value.isdigit() and int(value) > 0
 
 
+def force_write_through(cfg: Config) -> list[str]:
+    """For every LUN configured without a write cache whose device reports one, switch the device's queue to
+    "write through". LIO reports a block backstore's own cache (WCE, and FUA support with it), so this is what
+    keeps both controllers presenting the same caching mode: a controller whose view of the shared disk says
+    "write back" would accept FUA writes that the other one refuses with ILLEGAL REQUEST (seen in the rig after
+    a reboot changed one controller's view). Returns the devices changed."""
+    changed = []
+    for t in cfg.targets:
+        for lun in t.luns:
+            if lun.write_cache or write_cache_of(lun.device) is not True:
+                continue
+            dev = _block_name(lun.device)
+            try:
+                with open(f"/sys/class/block/{dev}/queue/write_cache", "w") as f:
+                    f.write("write through")
+                changed.append(lun.device)
+            except OSError:
+                continue  # host_warnings names the mismatch
+    return changed
+
+
 def write_cache_of(path: str) -> bool | None:
     value = _queue_file(path, "write_cache")
     return None if value is None else value.startswith("write back")

@@ -32,7 +32,14 @@ from . import names
 from .alua import AluaControl
 from .apply import ApplyFailed, ApplyResult, Writer, apply_units
 from .background import Worker
-from .desired import desired_state, host_problems, host_warnings, portal_addresses, problems
+from .desired import (
+    desired_state,
+    force_write_through,
+    host_problems,
+    host_warnings,
+    portal_addresses,
+    problems,
+)
 from .model import Desired, LioSnapshot
 from .nft import Nftables, filters
 from .plan import Unit, plan, step_count
@@ -136,6 +143,9 @@ class LioPort(PortMoves):
             found = self._check_devices(self.cfg)
             if found:
                 raise refuse(f"LIO on {self.node} cannot export the configured devices", found)
+            for device in force_write_through(self.cfg):
+                log.info("lio_write_through", device=device, why="write_cache = false: same caching mode on both "
+                         "controllers")
             for w in host_warnings(self.cfg):
                 log.warning("lio_config_warning", key=w.key, message=w.message, fix=w.fix)
             snap = self._snapshot_for_apply(serving)

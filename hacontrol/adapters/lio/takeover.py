@@ -17,6 +17,7 @@ Handing back reverses it: group -> Transitioning, TPG disabled (LIO drops its se
 from __future__ import annotations
 
 import ipaddress
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from hacontrol.core.model import AluaState
 from .snapshot import read_text
 
 log = structlog.get_logger("hacontrol.lio")
-AO, STANDBY, TRANSITIONING = AluaState.ACTIVE_OPTIMIZED, AluaState.STANDBY, AluaState.TRANSITIONING
+AO, STANDBY = AluaState.ACTIVE_OPTIMIZED, AluaState.STANDBY
 
 
 class PortMoves:
@@ -44,6 +45,8 @@ class PortMoves:
     _desired: Any
     _applied: bool
     address_check_s: float = 1.0
+    handback_drain_s: float = 0.3  # after the adopted group went Standby, before its TPG and addresses go
+    sleep: Callable[[float], None] = staticmethod(time.sleep)
     _present_cache: tuple[float, frozenset[str]] | None = None
 
     # provided by LioPort
@@ -157,7 +160,11 @@ class PortMoves:
     def release_peer(self, deadline: float) -> None:
         started = self.clock()
         own, _ = self._read_states()
-        self.set_alua(own, TRANSITIONING, deadline)
+        # Standby first, not Transitioning: an initiator's ALUA handler retries a Transitioning path in place
+        # (and a command caught there when the TPG goes waits out the recovery timeout, 3 s and more in the
+        # rig), while Standby (02/04/0B) makes multipath send it down the Active/Optimized path at once.
+        self.set_alua(own, STANDBY, deadline)
+        self.sleep(max(0.0, min(self.handback_drain_s, deadline - self.clock() - 0.2)))  # in-flight I/O drains
         self._bump()
         self._set_enabled(self._tpg_paths("peer"), False)  # LIO closes the sessions of a disabled TPG
         try:

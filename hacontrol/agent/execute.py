@@ -78,7 +78,7 @@ class Executor:
     ports: PortMover | None = None
     rebooter: Rebooter | None = None
     fence_budget_s: float = 30.0
-    ports_budget_s: float = 0.0  # port takeover steps; below operation_timeout_s means operation_timeout_s
+    ports_budget_s: float = 0.0  # port moves and VIP claims; below operation_timeout_s: operation_timeout_s
     publish_extra: Callable[[], dict[str, Any]] = dict
     clock: Callable[[], float] = time.monotonic
     announced_at: float | None = None  # last claim or announcement of our VIPs (read by the observer)
@@ -121,8 +121,8 @@ class Executor:
     def _budget(self, action: A.Action) -> float:
         if isinstance(action, A.FencePeer):
             return self.fence_budget_s
-        if isinstance(action, A.AdoptPeerPorts | A.ReleasePeerPorts | A.BringUpOwnPorts):
-            # moving a port includes the duplicate-address check and the announcements
+        if isinstance(action, A.AdoptPeerPorts | A.ReleasePeerPorts | A.BringUpOwnPorts | A.AddVips):
+            # moving a port or a VIP includes the duplicate-address check and the announcements
             return max(self.ports_budget_s, self.timing.operation_timeout_s)
         return self.timing.operation_timeout_s
 

@@ -11,7 +11,8 @@ import subprocess
 
 import pytest
 
-from hacontrol.adapters.network.tickle import _checksum, ack_segment, connections_on, parse_connections, send_tickles
+from hacontrol.adapters.network.frames import internet_checksum
+from hacontrol.adapters.network.tickle import ack_segment, connections_on, parse_connections, send_tickles
 from tests.integration.test_network import (  # noqa: F401 - fixtures
     PORT,
     Servers,
@@ -67,6 +68,6 @@ def test_ack_segment_checksum_verifies():
         s, d = ipaddress.ip_address(src), ipaddress.ip_address(dst)
         pseudo = (s.packed + d.packed + struct.pack("!BBH", 0, 6, len(seg)) if s.version == 4 else
                   s.packed + d.packed + struct.pack("!I3xB", len(seg), 6))
-        assert _checksum(pseudo + seg) == 0 and seg[13] == 0x10 and len(seg) == 20
+        assert internet_checksum(pseudo + seg) == 0 and seg[13] == 0x10 and len(seg) == 20
     with pytest.raises(ValueError, match="same IP version"):
         ack_segment("192.0.2.7", 1, "2001:db8::1", 2)

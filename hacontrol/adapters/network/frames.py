@@ -93,7 +93,8 @@ def multicast_mac(group: ipaddress.IPv6Address) -> bytes:
     return b"\x33\x33" + group.packed[12:]
 
 
-def _checksum(data: bytes) -> int:
+def internet_checksum(data: bytes) -> int:
+    """The 16-bit one's complement sum of RFC 1071 (ICMPv6, TCP)."""
     if len(data) % 2:
         data += b"\x00"
     total = sum(struct.unpack(f"!{len(data) // 2}H", data))
@@ -105,7 +106,7 @@ def _checksum(data: bytes) -> int:
 def _icmpv6_frame(mac: bytes, dst_mac: bytes, src: ipaddress.IPv6Address, dst: ipaddress.IPv6Address,
                   message: bytes) -> bytes:
     pseudo = src.packed + dst.packed + struct.pack("!I3xB", len(message), IPPROTO_ICMPV6)
-    csum = _checksum(pseudo + message)
+    csum = internet_checksum(pseudo + message)
     message = message[:2] + struct.pack("!H", csum) + message[4:]
     # Hop limit 255: receivers drop ND messages that crossed a router.
     header = _IPV6_HEADER.pack(6 << 28, len(message), IPPROTO_ICMPV6, 255, src.packed, dst.packed)

@@ -21,6 +21,7 @@ import struct
 import time
 from collections.abc import Collection, Sequence
 
+from hacontrol.adapters.network.frames import internet_checksum
 from hacontrol.adapters.network.namespace import open_socket
 from hacontrol.adapters.network.sockdiag import SockDiag
 from hacontrol.agent.protocols import AdapterError
@@ -71,17 +72,8 @@ def ack_segment(src: str, src_port: int, dst: str, dst_port: int, *, seq: int = 
         pseudo = s.packed + d.packed + struct.pack("!BBH", 0, socket.IPPROTO_TCP, len(header))
     else:
         pseudo = s.packed + d.packed + struct.pack("!I3xB", len(header), socket.IPPROTO_TCP)
-    checksum = _checksum(pseudo + header)
+    checksum = internet_checksum(pseudo + header)
     return header[:16] + struct.pack("!H", checksum) + header[18:]
-
-
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
 
 
 def send_tickles(netns: str | None, connections: Sequence[Connection], rounds: int = 2,

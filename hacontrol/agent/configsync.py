@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,7 +84,12 @@ class ConfigSync:
                           f"{self.running.node_names}; not applied")
             log.error("config_rejected", number=number, error=self.error)
             return
-        self._write(text)
+        try:
+            self._write(text)
+        except OSError as exc:
+            self.error = f"distributed configuration #{number} could not be written to {self.path}: {exc}"
+            log.error("config_rejected", number=number, error=self.error)
+            return
         if hasattr(self.target, "update_config"):
             self.target.update_config(new)
         self.restart_pending = self.restart_pending or needs_restart(self.running, new)
@@ -93,12 +99,17 @@ class ConfigSync:
     def _write(self, text: str) -> None:
         if self.path is None:
             return
-        tmp = self.path.with_suffix(self.path.suffix + ".new")
-        tmp.write_text(text)
-        os.chmod(tmp, 0o600)
-        if self.path.exists():
-            os.replace(self.path, self.path.with_suffix(self.path.suffix + ".prev"))
-        os.replace(tmp, self.path)
+        # A private temporary name, then one atomic rename: the file is never missing or half written, and two
+        # writers of one path (a shared test directory) cannot take each other's temporary file.
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.new")
+        try:
+            tmp.write_text(text)
+            os.chmod(tmp, 0o600)
+            if self.path.exists():
+                shutil.copy2(self.path, self.path.with_suffix(self.path.suffix + ".prev"))
+            os.replace(tmp, self.path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def report(self) -> dict[str, Any]:
         return {"config_sha256": self.sha, "config_number": self.number,

@@ -59,7 +59,10 @@ class Agent:
         self.wake.clear()
         obs = self.observer.observe(start + max(self.timing.operation_timeout_s, self.timing.loop_interval_s))
         if self.config_sync is not None:
-            self.config_sync.tick(self.clock() + self.timing.operation_timeout_s)
+            try:
+                self.config_sync.tick(self.clock() + self.timing.operation_timeout_s)
+            except Exception:  # a configuration problem must never stop the loop that keeps the lease
+                log.exception("config_sync_crashed")
             if self.config_sync.dirty:  # our report changed outside the core's view: make it publish again
                 obs = replace(obs, coord=replace(obs.coord, published=None))
         plan = decide(obs, self.clock(), self.timing)

@@ -118,7 +118,9 @@ def test_config_apply_distributes_to_both_agents_and_refuses_invalid_files(zk_en
         assert pair.hactl("config", "diff", str(new)).stdout.strip() == "no change"
         slower = tmp_path / "slower.toml"
         slower.write_text(new.read_text().replace("fence_retry_s = 0.5", "fence_retry_s = 0.7"))
-        restart = json.loads(pair.hactl("config", "apply", str(slower), "--yes", "--json").stdout)
+        applied_slower = pair.hactl("config", "apply", str(slower), "--yes", "--json")
+        assert applied_slower.returncode == 0, applied_slower.stderr
+        restart = json.loads(applied_slower.stdout)
         assert all(n["restart_pending"] for n in restart["nodes"].values())
     finally:
         pair.stop()

@@ -62,6 +62,7 @@ def build_controller(cfg: Config, node: str, *, doubles: str | None = None, zk_h
     spec = Spec(node=node, peer=peer, vips=frozenset(v.key for v in vips), alua=parts["alua"],
                 fencing_configured=fencing.configured,
                 power_fencing=bool(fencing.power), port_takeover=cfg.port_takeover and parts["ports"] is not None,
+                own_portals=bool(cfg.node(node).portals) and parts["ports"] is not None,
                 standby_registers=cfg.fencing.standby_registers, on_key_lost=cfg.fencing.on_key_lost,
                 announce_every_s=cfg.network.garp_refresh_s)
     observer = Observer(spec, coordinator, parts["target"], parts["network"], fencing, parts["watchdog"], vips)
@@ -201,7 +202,8 @@ def _target(cfg: Config, node: str, network: Any = None) -> tuple[Any, bool, Any
 
     # The network adapter adds and removes the portal addresses when a port moves (port takeover).
     port = LioPort(cfg, node, network=network)
-    return port, True, (port if cfg.port_takeover else None)
+    # The port mover also brings this controller's managed portal addresses up when takeover is off.
+    return port, True, (port if cfg.port_takeover or cfg.node(node).portals else None)
 
 
 def _fencing(cfg: Config, node: str) -> Fencing:

@@ -216,7 +216,8 @@ def _standby_alignment(obs: Observation) -> list[Action]:
         want_peer = _mirror(c.peer, leader_is_peer)
         if d.own_group != STANDBY or d.peer_group != want_peer:
             actions.append(SetAlua(own=STANDBY, peer=want_peer))
-    if obs.spec.port_takeover and not d.own_ports_up and not (c.peer and c.peer.hosts_peer_ports):
+    managed = obs.spec.port_takeover or obs.spec.own_portals
+    if managed and not d.own_ports_up and not (c.peer and c.peer.hosts_peer_ports):
         actions.append(BringUpOwnPorts())
     return actions
 

@@ -200,6 +200,7 @@ class Spec:
     fencing_configured: bool = True
     power_fencing: bool = False
     port_takeover: bool = False
+    own_portals: bool = False  # managed [[node.portal]] addresses: brought up at home with or without takeover
     standby_registers: bool = True
     on_key_lost: str = "standby"  # standby | reboot
     announce_every_s: float = 0.0  # periodic re-announcement of held VIPs (0: only when claimed)

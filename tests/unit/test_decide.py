@@ -375,3 +375,14 @@ def test_an_active_that_lost_its_disks_hands_over_to_a_ready_standby():
     assert decide(glitch, NOW, T).reason is not Reason.STORAGE_LOST
     alone = with_coord(lost, peer=None)  # nobody better to hand over to: stay
     assert decide(alone, NOW, T).reason is not Reason.STORAGE_LOST
+
+
+@pytest.mark.parametrize("takeover, own_portals", [(True, False), (False, True), (True, True)])
+def test_a_standby_brings_its_own_portals_up_with_or_without_port_takeover(takeover, own_portals):
+    obs = with_spec(with_datapath(standby(), own_ports_up=False), port_takeover=takeover, own_portals=own_portals)
+    assert "BringUpOwnPorts" in names(decide(obs, NOW, T))
+
+
+def test_without_managed_portals_nothing_is_brought_up():
+    obs = with_spec(with_datapath(standby(), own_ports_up=False), port_takeover=False, own_portals=False)
+    assert "BringUpOwnPorts" not in names(decide(obs, NOW, T))

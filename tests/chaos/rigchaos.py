@@ -79,10 +79,20 @@ class Cluster:
             rig.ssh(node, "pkill -CONT -f hacontrol.agent.main; systemctl reset-failed hacontrol.service; "
                           "systemctl start hacontrol.service", timeout=60)
         deadline = time.monotonic() + timeout_s
+        kicked = time.monotonic()
         while time.monotonic() < deadline:
             active = self.healthy()
             if active:
                 return active
+            if time.monotonic() - kicked > 10:
+                # A controller that was still rebooting (its hardware watchdog reset it) missed the start above;
+                # the agent is not enabled at boot in the rig, so start it again (idempotent).
+                kicked = time.monotonic()
+                live = {n["node"] for n in self.status().get("nodes", []) if n.get("live_session")}
+                for node in rig.controllers:
+                    if node not in live:
+                        rig.ssh(node, "systemctl reset-failed hacontrol.service; systemctl start hacontrol.service",
+                                timeout=30)
             time.sleep(1.0)
         raise ChaosError(f"the cluster did not become healthy within {timeout_s:.0f} s: {self.status()}")
 

@@ -33,7 +33,7 @@ class ConnectionWatch:
         self._checked_at = now
         try:
             found = self.lister(self.netns, self.addresses, self.ports, now + 0.5)
-        except AdapterError as exc:
+        except (AdapterError, OSError) as exc:  # never let this stop the loop: keep the last list
             log.warning("connections_unreadable", error=str(exc))
             return False
         changed = found != self.current

@@ -39,7 +39,7 @@ def _deploy(rig, **kwargs):
 
     from tests.chaos.rigchaos import Cluster
 
-    agents.stop(rig)
+    agents.reset(rig)  # also powers a controller back on that an earlier test left off
     agents.deploy(rig, agents.config_text(rig, **kwargs))
     agents.start(rig)
     cluster = Cluster(rig)

@@ -103,7 +103,10 @@ class ConfigSync:
         # writers of one path (a shared test directory) cannot take each other's temporary file.
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.new")
         try:
-            tmp.write_text(text)
+            with open(tmp, "w") as f:  # on disk before the rename: a power cut must not leave an empty file
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
             os.chmod(tmp, 0o600)
             if self.path.exists():
                 shutil.copy2(self.path, self.path.with_suffix(self.path.suffix + ".prev"))

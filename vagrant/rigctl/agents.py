@@ -111,7 +111,7 @@ def deploy(rig: Any, text: str) -> None:
     if check.returncode != 0:
         raise RigError(f"the generated configuration is refused on the host:\n{check.stderr.strip()[-2000:]}")
     for node in rig.controllers:
-        rig.ssh(node, f"install -d -m 0750 /etc/hacontrol && cat > {GUEST_CONFIG} && chmod 0600 {GUEST_CONFIG}",
+        rig.ssh(node, f"install -d -m 0750 /etc/hacontrol && cat > {GUEST_CONFIG} && chmod 0600 {GUEST_CONFIG} && sync",
                 input_text=text, check=True, timeout=60)
         out = rig.ssh(node, f"/opt/hacontrol/venv/bin/hactl config check {GUEST_CONFIG}", timeout=120)
         if out.returncode != 0:

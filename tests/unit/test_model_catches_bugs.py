@@ -45,11 +45,11 @@ class HandoverRaces(LeaseAlone):
     def maintenance(self, on: bool) -> None: ...
 
 
-HUNT = settings(max_examples=400, stateful_step_count=30, deadline=None, derandomize=True,
+HUNT = settings(max_examples=1000, stateful_step_count=30, deadline=None, derandomize=True,
                 phases=[Phase.explicit, Phase.generate], database=None)
 
 
-def _hunt(machine, examples: int = 400) -> str:
+def _hunt(machine, examples: int = 1000) -> str:
     with pytest.raises(AssertionError) as caught:
         run_state_machine_as_test(machine, settings=settings(HUNT, max_examples=examples))
     return str(caught.value)

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from hacontrol.adapters.targets import rollback_summary
 from hacontrol.agent.protocols import AdapterError
 
 from .plan import Op, Step, Unit
@@ -81,9 +82,4 @@ def rollback(writer: Writer, done: Sequence[Step], logger: Any = None) -> str:
             except AdapterError as exc:
                 failures.append(f"{op}: {exc}")
     logger.warning("lio_rollback", steps=len(done), failures=len(failures))
-    text = f"rolled back {len(done)} applied step(s)"
-    if notes:
-        text += "; not restorable: " + "; ".join(notes)
-    if failures:
-        text += "; ROLLBACK INCOMPLETE: " + "; ".join(failures)
-    return text
+    return rollback_summary(len(done), notes, failures)

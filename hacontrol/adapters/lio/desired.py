@@ -26,6 +26,7 @@ import os
 import stat
 from collections import Counter
 
+from hacontrol.adapters.targets import backend_problems
 from hacontrol.config.schema import Acl, Chap, Config, Lun, Node, Target
 from hacontrol.core.problems import Problem
 
@@ -165,13 +166,7 @@ def desired_state(cfg: Config, node_name: str) -> Desired:
 
 def problems(cfg: Config, node: str | None) -> list[Problem]:
     """Everything in ``cfg`` the LIO adapter refuses (pure: no file system access)."""
-    p: list[Problem] = []
-    if cfg.backend != "lio":
-        p.append(Problem("cluster.backend", cfg.backend, "this controller runs the LIO adapter",
-                         'set backend = "lio", or run the tgt adapter'))
-    if node is not None and node not in cfg.node_names:
-        p.append(Problem("node", node, "is not a [[node]] of this configuration",
-                         f"start the agent as one of {', '.join(cfg.node_names)}"))
+    p = backend_problems(cfg, node, "lio")
     for i, n in enumerate(cfg.nodes):
         if n.id == names.DISCOVERY_TAG:
             p.append(Problem(f"node[{i}].id", n.id, "is the TPG tag the LIO adapter uses for the discovery-only "

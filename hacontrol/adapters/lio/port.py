@@ -23,6 +23,7 @@ from typing import Any
 
 import structlog
 
+from hacontrol.adapters.targets import refuse
 from hacontrol.agent.protocols import AdapterError, ManagedAddress, NetworkPort
 from hacontrol.config.schema import Config
 from hacontrol.core.model import AluaState, DataPath
@@ -48,11 +49,6 @@ from .takeover import PortMoves
 
 log = structlog.get_logger("hacontrol.lio")
 STANDBY = AluaState.STANDBY
-
-
-def refuse(what: str, found: list[Any]) -> AdapterError:
-    lines = "\n".join(f"  - {p}" for p in found)
-    return AdapterError(f"{what}: {len(found)} problem(s), nothing was changed:\n{lines}")
 
 
 class LioPort(PortMoves):

@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from hacontrol.adapters.targets import refuse, rollback_summary
 from hacontrol.agent.protocols import AdapterError, DeadlineExceeded
 from hacontrol.config.schema import Config
 from hacontrol.core.model import AluaState, DataPath
-from hacontrol.core.problems import Problem
 
 from . import commands as cmd
 from .desired import (
@@ -55,11 +55,6 @@ class ApplyReport:
     @property
     def noop(self) -> bool:
         return self.mutating_commands == 0
-
-
-def _refuse(what: str, found: list[Problem]) -> AdapterError:
-    lines = "\n".join(f"  - {p}" for p in found)
-    return AdapterError(f"{what}: {len(found)} problem(s), nothing was changed:\n{lines}")
 
 
 @dataclass
@@ -141,7 +136,7 @@ class TgtTarget:
         """The steps apply would run. Pure when ``snapshot`` is given; raises AdapterError for a bad config."""
         found = problems(cfg, node)
         if found:
-            raise _refuse("configuration not applicable to tgt", found)
+            raise refuse("configuration not applicable to tgt", found)
         snap = snapshot if snapshot is not None else self.observe(cfg)
         return self._diff(cfg, snap, reassert)[1]
 
@@ -149,7 +144,7 @@ class TgtTarget:
         desired = desired_state(cfg, self._fingerprint)
         found = portal_problems(cfg, snap) + snapshot_problems(desired, snap, self.tid_base)
         if found:
-            raise _refuse(f"tgtd (control port {self.control_port}) conflicts with the configuration", found)
+            raise refuse(f"tgtd (control port {self.control_port}) conflicts with the configuration", found)
         return desired, diff(desired, snap, tid_base=self.tid_base, known=self._ledger.view(), reassert=reassert)
 
     def apply(self, cfg: Config, node: str, deadline: float | None = None, *, reassert: bool = False) -> ApplyReport:
@@ -162,7 +157,7 @@ class TgtTarget:
         started = time.monotonic()
         found = problems(cfg, node) + filesystem_problems(cfg)
         if found:
-            raise _refuse("configuration not applicable to tgt", found)
+            raise refuse("configuration not applicable to tgt", found)
         self._warn(cfg)
         snap = self.observe(cfg, deadline)
         desired, steps = self._diff(cfg, snap, reassert)
@@ -217,12 +212,7 @@ class TgtTarget:
                 except AdapterError as exc:
                     failures.append(f"{step}: {exc}")
         log.warning("tgt_rollback", steps=len(done), failures=len(failures))
-        text = f"rolled back {len(done)} applied step(s)"
-        if notes:
-            text += "; not restorable: " + "; ".join(notes)
-        if failures:
-            text += "; ROLLBACK INCOMPLETE: " + "; ".join(failures)
-        return text
+        return rollback_summary(len(done), notes, failures)
 
     def cut_connections(self, address: str, deadline: float) -> None:
         """Close every iSCSI connection of this tgtd whose local address is ``address``.

@@ -33,6 +33,7 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from hacontrol.adapters.targets import backend_problems
 from hacontrol.config.schema import Chap, Config, IPNetwork, Lun, Secret, Target
 from hacontrol.core.problems import Problem
 
@@ -183,13 +184,7 @@ def tgt_address_acl(network: IPNetwork) -> str:
 
 def problems(cfg: Config, node: str | None) -> list[Problem]:
     """Everything in ``cfg`` that tgt cannot do as configured (pure: no file system access)."""
-    p: list[Problem] = []
-    if cfg.backend != "tgt":
-        p.append(Problem("cluster.backend", cfg.backend, "this controller runs the tgt adapter",
-                         'set backend = "tgt", or run the LIO adapter'))
-    if node is not None and node not in cfg.node_names:
-        p.append(Problem("node", node, "is not a [[node]] of this configuration",
-                         f"start the agent as one of {', '.join(cfg.node_names)}"))
+    p = backend_problems(cfg, node, "tgt")
     for ti, t in enumerate(cfg.targets):
         p.extend(_target_problems(f"target[{ti}]", t))
     p.extend(_account_problems(cfg))

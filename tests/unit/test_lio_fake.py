@@ -269,16 +269,6 @@ def make_devices(tmp_path: Path) -> list[str]:
     return paths
 
 
-@pytest.fixture
-def lio(tmp_path: Path) -> FakeLio:
-    return FakeLio(tmp_path)
-
-
-@pytest.fixture
-def devices(tmp_path: Path) -> list[str]:
-    return make_devices(tmp_path)
-
-
 # -- the fake itself -------------------------------------------------------------------------------------------
 
 def test_fake_refuses_what_the_kernel_refuses(lio: FakeLio, devices: list[str]) -> None:

@@ -7,25 +7,13 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from hacontrol.adapters.lio import nft
 from hacontrol.adapters.lio.desired import problems
-from tests.unit.test_lio_fake import FakeLio, lio_config, make_devices
+from tests.unit.test_lio_fake import lio_config
 from tests.unit.test_lio_port import make
-
-
-@pytest.fixture
-def lio(tmp_path: Path) -> FakeLio:
-    return FakeLio(tmp_path)
-
-
-@pytest.fixture
-def devices(tmp_path: Path) -> list[str]:
-    return make_devices(tmp_path)
-
 
 
 def test_rules_cover_every_portal_this_controller_may_listen_on(lio, devices):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
@@ -13,19 +12,9 @@ from hacontrol.adapters.lio.apply import ApplyFailed, apply_units
 from hacontrol.adapters.lio.desired import desired_state
 from hacontrol.adapters.lio.plan import Op, Unit, plan, step_count
 from hacontrol.core.model import AluaState
-from tests.unit.test_lio_fake import ESX, HOST, IQN, SECRETS, SN, FakeLio, lio_config, make_devices
+from tests.unit.test_lio_fake import ESX, HOST, IQN, SECRETS, SN, FakeLio, lio_config
 
 AO, SB = int(AluaState.ACTIVE_OPTIMIZED), int(AluaState.STANDBY)
-
-@pytest.fixture
-def lio(tmp_path: Path) -> FakeLio:
-    return FakeLio(tmp_path)
-
-
-@pytest.fixture
-def devices(tmp_path: Path) -> list[str]:
-    return make_devices(tmp_path)
-
 
 
 def kinds(units: list[Unit]) -> list[str]:

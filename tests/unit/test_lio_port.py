@@ -14,20 +14,10 @@ from hacontrol.adapters.lio import desired as lio_desired
 from hacontrol.adapters.lio.capacity import CapacityReading
 from hacontrol.agent.protocols import AdapterError, DuplicateAddress, ManagedAddress
 from hacontrol.core.model import AluaState
-from tests.unit.test_lio_fake import IQN, SECRETS, SN, FakeLio, lio_config, make_devices
+from tests.unit.test_lio_fake import IQN, SECRETS, SN, FakeLio, lio_config
 
 AO, SB, TR = AluaState.ACTIVE_OPTIMIZED, AluaState.STANDBY, AluaState.TRANSITIONING
 FAR = 1e12
-
-@pytest.fixture
-def lio(tmp_path: Path) -> FakeLio:
-    return FakeLio(tmp_path)
-
-
-@pytest.fixture
-def devices(tmp_path: Path) -> list[str]:
-    return make_devices(tmp_path)
-
 
 
 class FakeNetwork:

@@ -12,13 +12,14 @@ import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 VAGRANT_DIR = Path(__file__).resolve().parents[2] / "vagrant"
 sys.path.insert(0, str(VAGRANT_DIR))
 
-from rigctl import Rig  # noqa: E402 - needs the path above
+from rigctl import Rig, netns  # noqa: E402 - needs the path above
 
 NEEDED_TOOLS = ("qemu-system-x86_64", "qemu-img", "mmdebstrap", "tgtd", "java", "nft", "iscsi-inq", "ssh")
 
@@ -54,10 +55,10 @@ def rig() -> Iterator[Rig]:
     if missing:
         pytest.skip(f"the VM rig needs: {', '.join(missing)} (see vagrant/README.md for the package list)")
     existing = Rig()
-    if existing.state is not None and existing.state.phase == "up":
+    if existing.state is not None and existing.state.phase == "up" and netns.exists(existing.namespace):
         yield existing  # someone else's rig: use it, leave it up
         return
-    if existing.state is not None:  # a half-started rig left by a crash: clear it before starting ours
+    if existing.state is not None:  # half-started, or left by a crash or a reboot: clear it before starting ours
         existing.down()
     started = Rig()
     try:
@@ -65,3 +66,19 @@ def rig() -> Iterator[Rig]:
         yield started
     finally:
         started.down()
+
+
+@pytest.fixture(scope="module")
+def lio(rig: Rig) -> Iterator[Any]:
+    """Both controllers' LIO configured from tests/rig/test_lio_kit.py's CONFIG (per test module), then removed."""
+    from tests.rig.test_lio_kit import lio_environment
+
+    yield from lio_environment(rig)
+
+
+@pytest.fixture(scope="module")
+def initiator(rig: Rig) -> Any:
+    """open-iscsi and libiscsi initiators inside the rig's namespace."""
+    from tests.rig.test_lio_kit import Initiator
+
+    return Initiator(rig.namespace)

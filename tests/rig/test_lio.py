@@ -20,7 +20,6 @@ import json
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +44,6 @@ from tests.rig.test_lio_kit import (
     Initiator,
     Lio,
     clear_unit_attentions,
-    lio_environment,
     login_outcome,
     path_view,
     secrets_in_logs,
@@ -53,16 +51,6 @@ from tests.rig.test_lio_kit import (
 )
 
 pytestmark = pytest.mark.rig
-
-
-@pytest.fixture(scope="module")
-def lio(rig: Any) -> Iterator[Lio]:
-    yield from lio_environment(rig)
-
-
-@pytest.fixture(scope="module")
-def initiator(rig: Any) -> Initiator:
-    return Initiator(rig.namespace)
 
 
 # --- identity, ALUA -----------------------------------------------------------------------------------------

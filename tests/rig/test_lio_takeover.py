@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,26 +21,13 @@ import pytest
 from tests.rig.test_lio_kit import (
     PORTAL,
     VIP,
-    Initiator,
-    Lio,
     clear_unit_attentions,
-    lio_environment,
     path_view,
     secrets_in_logs,
     session,
 )
 
 pytestmark = pytest.mark.rig
-
-
-@pytest.fixture(scope="module")
-def lio(rig: Any) -> Iterator[Lio]:
-    yield from lio_environment(rig)
-
-
-@pytest.fixture(scope="module")
-def initiator(rig: Any) -> Initiator:
-    return Initiator(rig.namespace)
 
 
 # --- port takeover -------------------------------------------------------------------------------------------

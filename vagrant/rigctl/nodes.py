@@ -33,7 +33,11 @@ class JbodDisk:
 
 
 def login_jbod(guest: Guest, topology: Topology) -> None:
-    """Log a controller into the shelf (a node record with startup=automatic survives power cycles)."""
+    """Log a controller into the shelf (a node record with startup=automatic survives power cycles).
+
+    After a power-on iscsid logs in by itself; whichever login comes second is told the session exists,
+    which is the state we want, not an error.
+    """
     portal = f"{topology.jbod.portal}:{topology.jbod.port}"
     iqn = topology.jbod_iqn
     script = "\n".join([
@@ -42,7 +46,11 @@ def login_jbod(guest: Guest, topology: Topology) -> None:
         f"iscsiadm -m node -T {quote(iqn)} -p {quote(portal)} >/dev/null 2>&1 || "
         f"iscsiadm -m node -o new -T {quote(iqn)} -p {quote(portal)} >/dev/null",
         f"iscsiadm -m node -T {quote(iqn)} -p {quote(portal)} -o update -n node.startup -v automatic",
-        f"iscsiadm -m node -T {quote(iqn)} -p {quote(portal)} --login",
+        # iscsid's own boot-time login (startup=automatic) may win the race: exit 15 is "session exists"
+        f"out=$(iscsiadm -m node -T {quote(iqn)} -p {quote(portal)} --login 2>&1) || rc=$?",
+        'case "${rc:-0}" in 0|15) exit 0;; esac',
+        f"iscsiadm -m session 2>/dev/null | grep -q {quote(iqn)} && exit 0",
+        'echo "$out" >&2; exit "$rc"',
     ])
     guest.run(script, timeout=60)
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-import structlog
 
 from hacontrol.agent import loop as loop_mod
 from hacontrol.agent.execute import Executor
@@ -61,29 +60,42 @@ def test_a_failed_step_skips_the_rest_but_still_publishes():
     assert sink.published[0][0].blockers == ("NOT_CONFIGURED",)
 
 
+class RecordingLog:
+    """Stands in for the loop's structlog logger: keeps (level, event, fields) of every call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, dict[str, Any]]] = []
+
+    def info(self, event: str, **fields: Any) -> None:
+        self.calls.append(("info", event, fields))
+
+    def debug(self, event: str, **fields: Any) -> None:
+        self.calls.append(("debug", event, fields))
+
+
 def test_a_failure_repeating_every_tick_is_logged_once_per_interval(monkeypatch):
     target, sink = RefusingTarget(), Sink()
     now = [100.0]
     agent = Agent(timing=Timing(), observer=None, executor=_executor(target, sink),  # type: ignore[arg-type]
                   clock=lambda: now[0])
     plan = Plan(Reason.NOT_READY, Role.STANDBY, (A.ConfigureTarget(), _publish()))
-    levels: list[str] = []
-    capture = structlog.get_logger("test")
-    monkeypatch.setattr(loop_mod, "log", capture)
+    recorder = RecordingLog()
+    monkeypatch.setattr(loop_mod, "log", recorder)
 
     def tick() -> None:
         results = agent.executor.run(plan)
         agent._log(TickReport(standby(), plan, results, 0.01))
 
-    monkeypatch.setattr(loop_mod.log, "info", lambda *a, **k: levels.append("info"), raising=False)
-    monkeypatch.setattr(loop_mod.log, "debug", lambda *a, **k: levels.append("debug"), raising=False)
     for _ in range(5):
         tick()
         now[0] += 0.2
-    assert levels == ["info", "debug", "debug", "debug", "debug"]
+    assert [level for level, _, _ in recorder.calls] == ["info", "debug", "debug", "debug", "debug"]
     now[0] += loop_mod.REPEAT_LOG_S
     tick()
-    assert levels[-1] == "info" and target.calls == 6 and capture is loop_mod.log
+    assert target.calls == 6 and len(recorder.calls) == 6  # every tick logs; only the level changes
+    level, event, fields = recorder.calls[-1]
+    assert (level, event) == ("info", "tick")
+    assert fields["errors"] == ["ConfigureTarget: lun[0].thin = True: the device does not support discard"]
 
 
 def test_a_hand_off_report_never_follows_a_failed_step():

@@ -71,10 +71,7 @@ class Cluster:
         for member in range(1, len(rig.topology.zookeeper.members) + 1):
             rig.zk_start(member)
         for node in rig.controllers:
-            if rig.vm_state(node) == "paused":
-                rig.resume_vm(node)
-            if rig.vm_state(node) == "off":
-                rig.power_on(node)
+            rig.ensure_running(node)
         for node in rig.controllers:
             rig.ssh(node, "pkill -CONT -f hacontrol.agent.main; systemctl reset-failed hacontrol.service; "
                           "systemctl start hacontrol.service", timeout=60)
@@ -85,12 +82,14 @@ class Cluster:
             if active:
                 return active
             if time.monotonic() - kicked > 10:
-                # A controller that was still rebooting (its hardware watchdog reset it) missed the start above;
-                # the agent is not enabled at boot in the rig, so start it again (idempotent).
+                # A controller that was still rebooting (its hardware watchdog reset it) missed the start above,
+                # or its peer power-fenced it meanwhile; the agent is not enabled at boot in the rig, so bring the
+                # VM back if needed and start the agent again (idempotent).
                 kicked = time.monotonic()
                 live = {n["node"] for n in self.status().get("nodes", []) if n.get("live_session")}
                 for node in rig.controllers:
                     if node not in live:
+                        rig.ensure_running(node, timeout=max(30.0, deadline - time.monotonic()))
                         rig.ssh(node, "systemctl reset-failed hacontrol.service; systemctl start hacontrol.service",
                                 timeout=30)
             time.sleep(1.0)

@@ -140,10 +140,7 @@ def reset(rig: Any) -> None:
     shelf themselves start clean. A controller a fault left paused or powered off is brought back first."""
     rig.heal()
     for node in rig.controllers:
-        if rig.vm_state(node) == "paused":
-            rig.resume_vm(node)
-        if rig.vm_state(node) == "off":
-            rig.power_on(node)
+        rig.ensure_running(node)
     stop(rig)
     addresses = [_addr(rig, h) for h in (*PORTAL_HOST.values(), VIP_HOST)]
     for node in rig.controllers:

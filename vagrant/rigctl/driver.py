@@ -430,6 +430,30 @@ class Rig:
         state.add_daemon(started)
         state.save(self.paths.state_file)
 
+    def ensure_running(self, node: str, timeout: float = BOOT_TIMEOUT_S) -> str:
+        """Bring a VM back to where ssh answers: resume it if paused, power it on if off, wait if it reboots.
+
+        Under TCG a controller's hardware watchdog can reset it while a peer VM boots beside it, and its peer then
+        power-fences the rebooting VM: a single look at the VM state ("running") is not enough, so this looks
+        again until ssh answers. Returns what it did: "reachable", "resumed", "powered on" or "waited".
+        """
+        deadline = time.monotonic() + timeout
+        did = "reachable"
+        while True:
+            state = self.vm_state(node)
+            if state == "paused":
+                self.resume_vm(node)
+                did = "resumed"
+            elif state == "off":
+                self.power_on(node)
+                return "powered on"
+            if self.guest(node).reachable(timeout=10):
+                return did
+            if time.monotonic() > deadline:
+                raise RigError(f"{node} did not answer ssh within {timeout:.0f} s (VM state: {state})")
+            did = "waited"
+            time.sleep(2.0)
+
     def wait_ssh(self, node: str, timeout: float = 60) -> float:
         return wait_until(f"ssh to {node}", lambda: self.guest(node).reachable(), timeout=timeout, interval=1.0)
 

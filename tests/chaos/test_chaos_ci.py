@@ -2,11 +2,13 @@
 
 Every trial must show no invariant violation: no two writers, no PDL-class sense, no acknowledged write lost,
 no application error where none is allowed, I/O resumed within the fault's budget, no flapping. The trials are
-also written to .rig/chaos-ci/trials.jsonl with a report next to it, like the on-demand campaign.
+also written to .rig/chaos-ci/trials.jsonl with a report next to it, like the on-demand campaign, and copied
+into the run's log folder (.rig/logs/<run>/chaos-ci/), which outlives `vagrant/rig down`.
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -32,6 +34,8 @@ def cluster(rig):
     yield Cluster(rig)
     agents.reset(rig)
     write_report(OUT)
+    if rig.state is not None:  # `vagrant/rig down` clears .rig/ but keeps the run's log folder: keep a copy there
+        shutil.copytree(OUT, Path(rig.state.log_dir) / "chaos-ci", dirs_exist_ok=True)
 
 
 @pytest.mark.parametrize("fault", CI_FAULTS)

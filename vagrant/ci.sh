@@ -56,8 +56,7 @@ step "rig tests (pytest tests/rig)"
 t=$(date +%s)
 # The tests reuse the rig that is up (and leave it to the trap above).
 # The chaos subset first, on the freshly booted rig; then the rig's own tests (each starts from agents.reset).
-# HACONTROL_RIG_SELECT (a pytest -k expression) narrows the set; .ci/run uses it to leave out the two trials that
-# were not reliable on this 2-core TCG machine (see the closing note of stop 12); `.ci/test` runs everything.
+# HACONTROL_RIG_SELECT (a pytest -k expression) narrows the set, for a by-hand run; CI runs everything.
 select=()
 [ -n "${HACONTROL_RIG_SELECT:-}" ] && select=(-k "$HACONTROL_RIG_SELECT")
 HACONTROL_RIG_TESTS=1 timeout 2400 "$PYTHON" -m pytest tests/chaos tests/rig -q -p no:cacheprovider "${select[@]}" || rc=1

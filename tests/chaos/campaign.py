@@ -1,8 +1,8 @@
 """The chaos campaign on the VM rig: randomized faults, SCSI-visible invariants, a report.
 
-    sudo .venv/bin/python -m tests.chaos.campaign --trials 200 --seed 1 [--out .rig/chaos] [--deploy]
+    sudo .venv/bin/python -m tests.chaos.campaign --trials 200 --seed 1 [--out .chaos] [--deploy]
     sudo .venv/bin/python -m tests.chaos.campaign --seed 1 --only-trial 17          # reproduce trial 17
-    sudo .venv/bin/python -m tests.chaos.campaign --report .rig/chaos               # rebuild the report
+    sudo .venv/bin/python -m tests.chaos.campaign --report .chaos                   # rebuild the report
 
 Trial i of seed S draws its fault and timings from Random(f"{S}:{i}"), so any trial is reproducible from its
 seed and index. Each trial appends one JSON line to OUT/trials.jsonl (so runs accumulate); the report
@@ -110,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--first", type=int, default=0, help="index of the first trial (to continue a seed)")
     ap.add_argument("--only-trial", type=int, help="run just this trial index (reproduce)")
     ap.add_argument("--faults", default=",".join(sorted(CATALOG)), help="comma-separated subset of the catalog")
-    ap.add_argument("--out", type=Path, default=ROOT / ".rig" / "chaos")
+    ap.add_argument("--out", type=Path, default=ROOT / ".chaos",
+                    help="trials.jsonl, report.md, pause.png (outside .rig/, which `vagrant/rig down` clears)")
     ap.add_argument("--deploy", action="store_true", help="install the configuration and start the agents first")
     ap.add_argument("--report", type=Path, help="only rebuild the report of this folder")
     args = ap.parse_args(argv)

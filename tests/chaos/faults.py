@@ -221,7 +221,7 @@ CATALOG: dict[str, Fault] = {f.name: f for f in (
           lambda s: Budget(io_pause_s=6 * s + 10, epoch_changes=(0, 1)), about="stop 2 of 3 ZooKeeper members"),
     # A double fault: the active is off and the new active dies mid-takeover, so nothing serves until the crashed
     # controller has been reset by its watchdog, has booted and has taken over again: the budget includes a reboot
-    # (REBOOT_S: a TCG guest here, measured 63.6 s fault to first good I/O in all; real servers boot slower).
+    # (REBOOT_S: a TCG guest here; measured pauses 63.6 s and 53.0 s in all; real servers boot slower).
     Fault("crash-mid-takeover", crash_mid_takeover,
           lambda s: Budget(io_pause_s=4 * s + REBOOT_S, epoch_changes=(2, 3)),
           about="the new active dies after fencing, before ALUA; its watchdog resets it; it rejoins at boot"),

@@ -161,5 +161,13 @@ class SystemdNotifier:
     def alive(self, status: str) -> None:
         self.notify(f"WATCHDOG=1\nSTATUS={status}")
 
-    def stopping(self) -> None:
-        self.notify("STOPPING=1")
+    def stopping(self, takes_s: float | None = None) -> None:
+        """Say we are stopping; with ``takes_s``, also stretch systemd's watchdog to cover a hand-over that long.
+
+        systemd keeps enforcing WatchdogSec while a service stops: without this, a hand-over that waits for the
+        peer longer than WatchdogSec ends in SIGABRT, possibly before the hardware watchdog is disarmed.
+        """
+        message = "STOPPING=1"
+        if takes_s is not None and self.watchdog_s is not None:
+            message += f"\nWATCHDOG=1\nWATCHDOG_USEC={int(max(takes_s, self.watchdog_s) * 1_000_000)}"
+        self.notify(message)

@@ -108,9 +108,12 @@ def run(ctl: Controller, stop: threading.Event, handover_wait_s: float) -> int:
     return 0
 
 
+SHUTDOWN_STEPS_S = 5.0  # observe + step-down steps before the wait for the peer, on a loaded controller
+
+
 def _shutdown(ctl: Controller, wait_s: float) -> None:
     """Hand over if we lead, wait (bounded) until the peer leads, then close the session."""
-    ctl.notifier.stopping()
+    ctl.notifier.stopping(takes_s=wait_s + SHUTDOWN_STEPS_S)
     try:
         obs = ctl.agent.observer.observe(time.monotonic() + 1.0)
         plan = shutdown_plan(obs)

@@ -67,6 +67,22 @@ def test_notifier_sends_ready_and_watchdog_to_the_notify_socket(tmp_path):
     assert not SystemdNotifier("").enabled
 
 
+def test_stopping_stretches_systemds_watchdog_over_the_hand_over(tmp_path, monkeypatch):
+    path = str(tmp_path / "notify")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(2)
+    try:
+        monkeypatch.setenv("WATCHDOG_USEC", "2000000")  # WatchdogSec=2s in systemd/hacontrol.service
+        SystemdNotifier(path).stopping(takes_s=15.0)
+        assert sock.recv(4096).decode() == "STOPPING=1\nWATCHDOG=1\nWATCHDOG_USEC=15000000"
+        monkeypatch.delenv("WATCHDOG_USEC")  # no systemd watchdog: nothing to stretch
+        SystemdNotifier(path).stopping(takes_s=15.0)
+        assert sock.recv(4096).decode() == "STOPPING=1"
+    finally:
+        sock.close()
+
+
 def test_hardware_watchdog_timeout_is_whole_seconds_and_refuses_negative_slack():
     assert device_timeout_s(4.0, 0.6) == 3
     assert device_timeout_s(2.0, 0.4) == 1

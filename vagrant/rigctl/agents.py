@@ -142,6 +142,8 @@ def reset(rig: Any) -> None:
     for node in rig.controllers:
         rig.ensure_running(node)
     stop(rig)
+    for node in rig.controllers:  # a controller reset while its agent stopped (TCG starvation) is back before we go on
+        rig.ensure_running(node)
     addresses = [_addr(rig, h) for h in (*PORTAL_HOST.values(), VIP_HOST)]
     for node in rig.controllers:
         iface = san_interface(rig, node)

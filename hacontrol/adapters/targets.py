@@ -10,16 +10,16 @@ from hacontrol.agent.protocols import AdapterError
 from hacontrol.config.schema import Config
 from hacontrol.core.problems import Problem
 
-OTHER = {"lio": "tgt", "tgt": "LIO"}
+ADAPTERS = {"lio": "LIO", "tgt": "tgt"}  # backend value -> how the docs and messages name its adapter
 
 
 def backend_problems(cfg: Config, node: str | None, backend: str) -> list[Problem]:
     """The configuration is for this backend, and ``node`` is one of its controllers."""
     p: list[Problem] = []
-    name = "LIO" if backend == "lio" else backend
+    other = next(name for key, name in ADAPTERS.items() if key != backend)
     if cfg.backend != backend:
-        p.append(Problem("cluster.backend", cfg.backend, f"this controller runs the {name} adapter",
-                         f'set backend = "{backend}", or run the {OTHER[backend]} adapter'))
+        p.append(Problem("cluster.backend", cfg.backend, f"this controller runs the {ADAPTERS[backend]} adapter",
+                         f'set backend = "{backend}", or run the {other} adapter'))
     if node is not None and node not in cfg.node_names:
         p.append(Problem("node", node, "is not a [[node]] of this configuration",
                          f"start the agent as one of {', '.join(cfg.node_names)}"))

@@ -36,6 +36,8 @@ GUEST_PACKAGES = (
     "python3-rtslib-fb", "targetcli-fb", "open-iscsi", "multipath-tools", "sg3-utils", "lsscsi",
     "lvm2", "thin-provisioning-tools", "e2fsprogs",
     "nftables", "tcpdump", "netcat-openbsd", "strace", "less",
+    # The Pacemaker baseline of issue #9 (tests/chaos/pacemaker.py): disabled at boot, started by the bench only.
+    "pacemaker", "pacemaker-cli-utils", "corosync", "resource-agents", "fence-agents-scsi",
 )
 # Debian provides rtslib-fb (with the kernel's configfs layout it was tested against); pip must not replace it.
 DEBIAN_PROVIDED = {"rtslib-fb"}

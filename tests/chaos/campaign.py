@@ -13,7 +13,6 @@ seed and index. Each trial appends one JSON line to OUT/trials.jsonl (so runs ac
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import random
 import sys
@@ -30,7 +29,7 @@ from rigctl import Rig, agents  # noqa: E402 - after the sys.path lines
 from tests.chaos import report as report_mod  # noqa: E402
 from tests.chaos.faults import CATALOG, Ctx, Fault  # noqa: E402
 from tests.chaos.invariants import judge  # noqa: E402
-from tests.chaos.rigchaos import Cluster, Mark, Monitor, Probe  # noqa: E402
+from tests.chaos.rigchaos import Cluster, Mark, Monitor, Probe, first_io_after  # noqa: E402
 
 
 def pick(seed: int, index: int, names: list[str]) -> tuple[Fault, random.Random]:
@@ -86,11 +85,7 @@ def phases(cluster: Cluster, mark: Mark, rep: dict[str, Any], status: dict[str, 
             for name in ("detect", "fenced", "alua", "vips"):
                 if name in ph and "claimed" in ph:
                     out[name] = round(claimed + float(ph[name]) - float(ph["claimed"]), 3)
-    start = datetime.datetime.fromisoformat(rep["started_at"]).timestamp() if rep.get("started_at") else None
-    for outage in rep.get("outages", []):
-        if start and start + outage["lost_t_s"] >= mark.wall - 0.05 and outage.get("first_io_t_s") is not None:
-            out["first_io"] = round(start + outage["first_io_t_s"] - mark.wall, 3)
-            break
+    out["first_io"] = first_io_after(rep, mark)
     return out
 
 
@@ -99,6 +94,8 @@ def write_report(out: Path) -> Path:
     md = report_mod.markdown(trials, title=f"Chaos campaign ({len(trials)} trials)")
     if report_mod.plot(trials, out / "pause.png"):
         md += "\n![I/O pause per fault type](pause.png)\n"
+    if (out / "baseline.jsonl").exists():  # written by tests/chaos/pacemaker.py
+        md += "\n" + report_mod.baseline_markdown(trials, report_mod.load([out / "baseline.jsonl"]))
     (out / "report.md").write_text(md)
     return out / "report.md"
 

@@ -10,6 +10,7 @@ again, stop everything, and judge the trial with tests/chaos/invariants.py.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import signal
 import subprocess
@@ -163,11 +164,13 @@ class Probe:
     def stop_file(self) -> Path:
         return self.workdir / f"{self.name}.stop"
 
-    def start(self, lun: int = 0, duration_s: float = 1200) -> Probe:
+    def start(self, lun: int = 0, duration_s: float = 1200, portals: list[str] | None = None) -> Probe:
+        """Default portals: both controllers' (hacontrol's ALUA paths); the Pacemaker baseline passes its VIP."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.stop_file.unlink(missing_ok=True)
         net = self.rig.topology.networks["san"]
-        portals = [f"{net.cidr.network_address + agents.PORTAL_HOST[n]}:3260" for n in self.rig.controllers]
+        if portals is None:
+            portals = [f"{net.cidr.network_address + agents.PORTAL_HOST[n]}:3260" for n in self.rig.controllers]
         argv = ["ip", "netns", "exec", self.rig.namespace, agents.python(), "-m", "hacontrol.cli.main", "probe",
                 "io", *(x for p in portals for x in ("--portal", p)), "--target", agents.IQN, "--lun", str(lun),
                 "--initiator-name", agents.PROBE_INITIATOR, "--duration", str(duration_s), "--interval-ms", "10",
@@ -208,3 +211,12 @@ class Mark:
 
     def now(self) -> None:
         self.wall, self.mono = time.time(), time.monotonic()
+
+
+def first_io_after(rep: dict[str, Any], mark: Mark) -> float | None:
+    """Seconds from the fault to the first good I/O after the outage it caused (the probe's report), or None."""
+    start = datetime.datetime.fromisoformat(rep["started_at"]).timestamp() if rep.get("started_at") else None
+    for outage in rep.get("outages", []):
+        if start and start + outage["lost_t_s"] >= mark.wall - 0.05 and outage.get("first_io_t_s") is not None:
+            return round(start + outage["first_io_t_s"] - mark.wall, 3)
+    return None

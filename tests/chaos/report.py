@@ -65,6 +65,50 @@ def markdown(trials: Sequence[dict[str, Any]], title: str = "Chaos campaign") ->
     return "\n".join(lines) + "\n"
 
 
+def _median(values: Sequence[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def baseline_markdown(ours: Sequence[dict[str, Any]], theirs: Sequence[dict[str, Any]]) -> str:
+    """Per fault: hacontrol's trials beside the Pacemaker baseline's (one row per profile), and the ratio
+    hacontrol / Pacemaker of the medians (first good I/O after the fault, and the longest I/O pause)."""
+    rows: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for t in ours:
+        rows[(t["fault"], "hacontrol")].append(t)
+    for t in theirs:
+        rows[(t["fault"], f"pacemaker/{t.get('profile', '?')}")].append(t)
+    faults = sorted({t["fault"] for t in theirs})
+    lines = ["## Against the Pacemaker baseline", "",
+             "Same rig, same probe initiator, same faults (tests/chaos/pacemaker.py). Seconds, median / p99; "
+             "ratio = hacontrol median / Pacemaker median (below 1: hacontrol is faster).", "",
+             "| fault | stack | trials | first good I/O | pause | I/O errors | writes lost | ratio first I/O | "
+             "ratio pause |", "|---|---|---|---|---|---|---|---|---|"]
+    for fault in faults:
+        mine = rows.get((fault, "hacontrol"), [])
+        my_first = _median(_values(mine, "first_io"))
+        my_pause = _median([t["io_pause_s"] for t in mine if t.get("io_pause_s") is not None])
+        for stack in ["hacontrol", *sorted(k[1] for k in rows if k[0] == fault and k[1] != "hacontrol")]:
+            ts = rows.get((fault, stack), [])
+            if not ts:
+                continue
+            first = _values(ts, "first_io")
+            pause = [t["io_pause_s"] for t in ts if t.get("io_pause_s") is not None]
+            ratio_first = _ratio(my_first, _median(first)) if stack != "hacontrol" else "–"
+            ratio_pause = _ratio(my_pause, _median(pause)) if stack != "hacontrol" else "–"
+            lines.append(f"| {fault} | {stack} | {len(ts)} | {_cell(first)} | {_cell(pause)} | "
+                         f"{sum(int(t.get('io_errors') or 0) for t in ts)} | "
+                         f"{sum(int(t.get('writes_lost') or 0) for t in ts)} | {ratio_first} | {ratio_pause} |")
+    return "\n".join(lines) + "\n"
+
+
+def _values(trials: Sequence[dict[str, Any]], phase: str) -> list[float]:
+    return [t["phases"][phase] for t in trials if (t.get("phases") or {}).get(phase) is not None]
+
+
+def _ratio(ours: float | None, theirs: float | None) -> str:
+    return f"{ours / theirs:.2f}" if ours is not None and theirs else "–"
+
+
 def plot(trials: Sequence[dict[str, Any]], path: Path) -> bool:
     """A box plot of the initiator's longest I/O pause per fault type; False when matplotlib is missing."""
     try:

@@ -1,0 +1,89 @@
+"""The Pacemaker baseline's pure parts, without VMs: corosync.conf, the CIB resources, the ratio table."""
+
+from __future__ import annotations
+
+import subprocess
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from rigctl import agents
+from rigctl.config import load_topology
+
+from tests.chaos.pacemaker import PROFILES, SG_PERSIST_SHIM, corosync_conf, resources_xml
+from tests.chaos.report import baseline_markdown
+
+TOPOLOGY = load_topology()
+DISKS = ["/dev/disk/by-id/wwn-0x6000a", "/dev/disk/by-id/wwn-0x6000b"]
+
+
+@dataclass
+class FakeRig:
+    """What resources_xml and corosync_conf read from the rig: topology, controllers, shelf disks, `ip link`."""
+
+    topology: Any = TOPOLOGY
+    commands: list[str] = field(default_factory=list)
+
+    @property
+    def controllers(self) -> list[str]:
+        return [n.name for n in TOPOLOGY.controllers]
+
+    @property
+    def jbod(self) -> dict[str, list[dict]]:
+        return {"ctrl-a": [{"by_id": d} for d in DISKS]}
+
+    def ssh(self, node: str, cmd: str, **_: Any) -> subprocess.CompletedProcess[str]:
+        self.commands.append(cmd)
+        mac = TOPOLOGY.nodes[node].mac(TOPOLOGY.networks["san"])
+        return subprocess.CompletedProcess(cmd, 0, f"3: enp0s4: <BROADCAST> mtu 1500 link/ether {mac} brd ff\n", "")
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_corosync_conf_has_both_links_two_node_and_one_key_per_line(profile: str) -> None:
+    text = corosync_conf(FakeRig(), PROFILES[profile])
+    for node in ("ctrl-a", "ctrl-b"):
+        n = TOPOLOGY.nodes[node]
+        assert f"ring0_addr: {n.address(TOPOLOGY.networks['ic'])}" in text
+        assert f"ring1_addr: {n.address(TOPOLOGY.networks['mgmt'])}" in text
+    assert "two_node: 1" in text and "transport: knet" in text
+    assert all(line.count(":") <= 1 for line in text.splitlines())  # corosync wants one key per line
+    assert text.count("{") == text.count("}")
+    token = [line.strip() for line in text.splitlines() if line.strip().startswith("token:")]
+    assert token == ([] if profile == "default" else ["token: 1000"])  # default: corosync's own (3 s)
+
+
+def test_resources_put_the_vip_last_and_fence_through_the_shim() -> None:
+    root = ET.fromstring(resources_xml(FakeRig(), PROFILES["tuned"]))
+    group = root.find("group")
+    assert group is not None
+    assert [p.get("id") for p in group.findall("primitive")] == ["target", "lun0", "vip"]
+    params = {nv.get("name"): nv.get("value") for nv in root.iter("nvpair")}
+    assert params["devices"] == ",".join(DISKS)
+    assert params["sg_persist_path"] == SG_PERSIST_SHIM
+    assert params["provides"] == "unfencing"
+    assert params["path"] == DISKS[0] and params["iqn"] == agents.IQN and params["nic"] == "enp0s4"
+    assert params["portals"] == f"{params['ip']}:3260"
+    intervals = {op.get("interval") for op in group.iter("op") if op.get("name") == "monitor"}
+    assert intervals == {"1s"}
+    ids = [e.get("id") for e in root.iter() if e.get("id")]
+    assert len(ids) == len(set(ids))  # the CIB refuses duplicate ids
+
+
+def _trial(stack: str, fault: str, first: float, pause: float, *, errors: int = 0, profile: str = "") -> dict:
+    t = {"fault": fault, "phases": {"first_io": first}, "io_pause_s": pause, "io_errors": errors, "writes_lost": 0}
+    if stack == "pacemaker":
+        t.update(stack=stack, profile=profile)
+    return t
+
+
+def test_the_ratio_table_divides_the_medians() -> None:
+    ours = [_trial("hacontrol", "power-off", f, f) for f in (4.0, 4.0, 5.0)]
+    ours += [_trial("hacontrol", "freeze-vm", 4.0, 4.0)]  # no baseline for it: no row
+    theirs = [_trial("pacemaker", "power-off", f, f, errors=1, profile="default") for f in (16.0, 20.0)]
+    theirs += [_trial("pacemaker", "power-off", 8.0, 8.0, profile="tuned")]
+    text = baseline_markdown(ours, theirs)
+    assert "| power-off | hacontrol | 3 | 4.00 / 4.98 |" in text
+    assert "| power-off | pacemaker/default | 2 | 18.00 / 19.96 | 18.00 / 19.96 | 2 | 0 | 0.22 | 0.22 |" in text
+    assert "| power-off | pacemaker/tuned | 1 | 8.00 / 8.00 | 8.00 / 8.00 | 0 | 0 | 0.50 | 0.50 |" in text
+    assert "freeze-vm" not in text

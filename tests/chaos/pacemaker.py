@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import sys
 import time
 import xml.etree.ElementTree as ET
@@ -325,6 +326,45 @@ FAULTS = {"power-off": power_off, "kill-agent": kill_agent, "planned-switchover"
 BUDGET = Budget(io_pause_s=120.0, epoch_changes=(0, 99))  # the baseline is measured, not held to our budget
 
 
+JOURNAL_PHASES = (  # phase, pattern over `journalctl -o short-unix` lines; {old}/{new}: the nodes before/after
+    ("detect", r"Node {old} state is now lost"),
+    ("fenced", r"Operation '(?:off|reboot)' targeting {old} .*: OK"),
+    ("alua", r"Result of start operation for lun0 on {new}: OK"),  # the LU is served: ALUA's equivalent here
+    ("vips", r"Result of start operation for vip on {new}: OK"),
+)
+
+
+def phases_from_journal(text: str, old: str, new: str, clock_offset_s: float, fault_wall: float
+                        ) -> dict[str, float | None]:
+    """Seconds from the fault to each phase, from the new active's journal (its clock minus clock_offset_s is
+    the host's); the first matching line after the fault counts. A phase that did not happen stays None."""
+    out: dict[str, float | None] = {name: None for name, _ in JOURNAL_PHASES}
+    for line in text.splitlines():
+        stamp, _, rest = line.partition(" ")
+        try:
+            t = float(stamp) - clock_offset_s - fault_wall
+        except ValueError:
+            continue
+        if t < -0.5:
+            continue
+        for name, pattern in JOURNAL_PHASES:
+            if out[name] is None and re.search(pattern.format(old=re.escape(old), new=re.escape(new)), rest):
+                out[name] = round(t, 3)
+    return out
+
+
+def journal_phases(pc: PacemakerCluster, old: str, new: str | None, mark: Mark) -> dict[str, float | None]:
+    if not new:
+        return {name: None for name, _ in JOURNAL_PHASES}
+    before = time.time()
+    guest_now = float(pc.rig.ssh(new, "date +%s.%N", timeout=20, check=True).stdout)
+    offset = guest_now - (before + time.time()) / 2  # ssh over the rig's multiplexed connection: ~0.1 s round trip
+    since = int(mark.wall + offset) - 5
+    text = pc.rig.ssh(new, f"journalctl --no-pager -o short-unix --since @{since} -u pacemaker -u corosync",
+                      timeout=60).stdout
+    return phases_from_journal(text, old, new, offset, mark.wall)
+
+
 def run_trial(pc: PacemakerCluster, seed: int, index: int, names: list[str], workdir: Path) -> dict[str, Any]:
     rng = random.Random(f"pcmk:{seed}:{index}")
     name = sorted(names)[index % len(names)]  # the faults take turns: equal counts per fault; timings from rng
@@ -341,12 +381,19 @@ def run_trial(pc: PacemakerCluster, seed: int, index: int, names: list[str], wor
     time.sleep(3.0)
     rep = probe.stop()
     violations = pdl(rep) + data(rep) + errors(rep, BUDGET) + resumed(rep, BUDGET)
+    after = pc.active()
+    phases: dict[str, float | None] = {}
+    try:
+        phases = journal_phases(pc, active, after, mark)
+    except (RigError, ValueError) as exc:
+        mark.notes.append(f"no phases from the journal: {exc}")
+    phases["first_io"] = first_io_after(rep, mark)
     return {
         "stack": "pacemaker", "profile": pc.profile.name, "seed": seed, "index": index, "fault": name,
-        "notes": mark.notes, "active_before": active, "active_after": pc.active(),
+        "notes": mark.notes, "active_before": active, "active_after": after,
         "io_pause_s": rep.get("io_pause_s"), "io_errors": rep.get("io_errors"),
         "writes_acknowledged": rep.get("writes_acknowledged"), "writes_lost": rep.get("writes_lost"),
-        "scsi_conditions": rep.get("scsi_conditions"), "phases": {"first_io": first_io_after(rep, mark)},
+        "scsi_conditions": rep.get("scsi_conditions"), "phases": phases,
         "violations": violations, "duration_s": round(time.monotonic() - started, 1),
     }
 

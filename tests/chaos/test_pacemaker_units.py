@@ -11,7 +11,7 @@ import pytest
 from rigctl import agents
 from rigctl.config import load_topology
 
-from tests.chaos.pacemaker import PROFILES, SG_PERSIST_SHIM, corosync_conf, resources_xml
+from tests.chaos.pacemaker import PROFILES, SG_PERSIST_SHIM, corosync_conf, phases_from_journal, resources_xml
 from tests.chaos.report import baseline_markdown
 
 TOPOLOGY = load_topology()
@@ -87,3 +87,21 @@ def test_the_ratio_table_divides_the_medians() -> None:
     assert "| power-off | pacemaker/default | 2 | 18.00 / 19.96 | 18.00 / 19.96 | 2 | 0 | 0.22 | 0.22 |" in text
     assert "| power-off | pacemaker/tuned | 1 | 8.00 / 8.00 | 8.00 / 8.00 | 0 | 0 | 0.50 | 0.50 |" in text
     assert "freeze-vm" not in text
+
+
+JOURNAL = """\
+1000.100000 ctrl-b pacemaker-controld[561]:  notice: Node ctrl-a state is now lost
+1000.200000 ctrl-b pacemaker-fenced[557]:  notice: Node ctrl-a state is now lost
+1005.500000 ctrl-b pacemaker-fenced[557]:  notice: Operation 'on' targeting ctrl-b by ctrl-b for x: OK (Done)
+1012.600000 ctrl-b pacemaker-fenced[557]:  notice: Operation 'reboot' targeting ctrl-a by ctrl-b for x: OK (Done)
+1032.100000 ctrl-b pacemaker-controld[561]:  notice: Result of start operation for lun0 on ctrl-b: OK
+1035.400000 ctrl-b pacemaker-controld[561]:  notice: Result of start operation for vip on ctrl-b: OK
+"""
+
+
+def test_phases_come_from_the_new_actives_journal_on_the_hosts_clock() -> None:
+    # The guest's clock runs 10 s ahead of the host's; the fault happened at host time 983.0.
+    got = phases_from_journal(JOURNAL, "ctrl-a", "ctrl-b", 10.0, 983.0)
+    assert got == {"detect": 7.1, "fenced": 19.6, "alua": 39.1, "vips": 42.4}
+    planned = phases_from_journal(JOURNAL, "ctrl-a", "ctrl-b", 10.0, 1030.0)  # after the loss: none of it counts
+    assert planned == {"detect": None, "fenced": None, "alua": None, "vips": None}

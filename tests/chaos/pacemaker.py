@@ -150,6 +150,7 @@ class PacemakerCluster:
         self.rig = rig
         self.profile = profile
         self.answered = rig.controllers[0]  # ask this one first: a powered-off node costs an ssh timeout
+        self.started: dict[str, float] = {}  # node -> when we last started its stack (monotonic)
 
     # --- state -------------------------------------------------------------------------------------
     def peer(self, node: str) -> str:
@@ -240,6 +241,7 @@ class PacemakerCluster:
         return summary is not None and summary.get("present") == "true"
 
     def _start_stack(self, node: str) -> None:
+        self.started[node] = time.monotonic()
         self.rig.ssh(node, "systemctl reset-failed corosync pacemaker 2>/dev/null; "
                            "systemctl start corosync && systemctl start pacemaker", check=True, timeout=120)
 
@@ -254,32 +256,39 @@ class PacemakerCluster:
         self.rig.ssh(node, f"{agents.CLEAR_LIO}; ip addr del {vip} dev {iface} 2>/dev/null; true", timeout=120)
 
     def restore(self, timeout_s: float = 300) -> str:
-        """Heal, bring every controller back into the cluster, clear failures, wait for the group on one node."""
+        """Heal, bring every controller back into the cluster, clear failures, wait for the group on one node.
+
+        Looks again every 15 s: a node can leave after the first look (a stop still running, a reset)."""
         rig = self.rig
         rig.heal()
-        for node in rig.controllers:
-            rig.ensure_running(node)
-        online = set(self.state()["online"])
-        for node in rig.controllers:
-            if node not in online:
-                self._stop_stack(node)
-                self._clear_orphans(node)
-                self._start_stack(node)
-        # A failed fencing attempt blocks the cluster until its history is cleared (as an admin would, after
-        # checking the node is really off or back).
-        rig.ssh(self.answered, f"crm_resource --clear --resource {GROUP} 2>/dev/null; "
-                               "stonith_admin --cleanup --history '*' >/dev/null 2>&1; true", timeout=60)
         deadline = time.monotonic() + timeout_s
-        cleaned = 0.0
+        kicked = -1e9
         while time.monotonic() < deadline:
             active = self.healthy()
             if active:
                 return active
-            if time.monotonic() - cleaned > 15:
-                cleaned = time.monotonic()
-                rig.ssh(self.answered, "crm_resource --cleanup >/dev/null 2>&1; true", timeout=60)
+            if time.monotonic() - kicked > 15:
+                kicked = time.monotonic()
+                self._rejoin()
             time.sleep(1.0)
         raise ChaosError(f"pacemaker did not become healthy within {timeout_s:.0f} s: {self.state()}")
+
+    def _rejoin(self) -> None:
+        """Every controller that is not online in the cluster's (quorate) view: VM up, the stack stopped, what
+        it left in the kernel cleared, the stack started. Then clear the move constraint, failed fencing
+        (as an admin would, once the node is really back) and failed actions."""
+        rig = self.rig
+        online = set(self.state()["online"])
+        for node in rig.controllers:
+            # A node we started less than a minute ago may still be joining (TCG): leave it alone.
+            if node not in online and time.monotonic() - self.started.get(node, -1e9) > 60:
+                rig.ensure_running(node)
+                self._stop_stack(node)
+                self._clear_orphans(node)
+                self._start_stack(node)
+        rig.ssh(self.answered, f"crm_resource --clear --resource {GROUP} 2>/dev/null; "
+                               "stonith_admin --cleanup --history '*' >/dev/null 2>&1; "
+                               "crm_resource --cleanup >/dev/null 2>&1; true", timeout=60)
 
     def uninstall(self) -> None:
         """Stop Pacemaker everywhere, clear what it left (LIO, VIP, fence_scsi's registrations), and hand the

@@ -45,7 +45,7 @@ from rigctl import Rig, agents  # noqa: E402 - after the sys.path lines
 from rigctl.proc import RigError  # noqa: E402
 
 from tests.chaos.invariants import Budget, data, errors, pdl, resumed  # noqa: E402
-from tests.chaos.rigchaos import ChaosError, Mark, Probe, first_io_after  # noqa: E402
+from tests.chaos.rigchaos import ChaosError, Cluster, Mark, Probe, first_io_after  # noqa: E402
 
 GROUP = "iscsi"
 COROSYNC_CONF = "/etc/corosync/corosync.conf"
@@ -290,9 +290,10 @@ class PacemakerCluster:
                                "stonith_admin --cleanup --history '*' >/dev/null 2>&1; "
                                "crm_resource --cleanup >/dev/null 2>&1; true", timeout=60)
 
-    def uninstall(self) -> None:
+    def uninstall(self) -> str:
         """Stop Pacemaker everywhere, clear what it left (LIO, VIP, fence_scsi's registrations), and hand the
-        rig back to hacontrol (configuration deployed, agents started)."""
+        rig back to hacontrol: configuration deployed, one active and a ready standby (returns the active).
+        The first active power-fences a peer that is not in the cluster yet: Cluster.restore powers it on."""
         for node in self.rig.controllers:
             self.rig.ensure_running(node)
             self._stop_stack(node)
@@ -300,6 +301,7 @@ class PacemakerCluster:
         agents.reset(self.rig)  # also clears every registration and the reservation on the shelf
         agents.deploy(self.rig, agents.config_text(self.rig))
         agents.start(self.rig)
+        return Cluster(self.rig).restore()
 
 
 # --- faults ---------------------------------------------------------------------------------------

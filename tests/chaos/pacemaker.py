@@ -27,6 +27,7 @@ Each trial appends a record to OUT/baseline.jsonl (stack "pacemaker", the profil
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import re
@@ -42,7 +43,7 @@ sys.path.insert(0, str(ROOT / "vagrant"))
 sys.path.insert(0, str(ROOT))
 
 from rigctl import Rig, agents  # noqa: E402 - after the sys.path lines
-from rigctl.proc import RigError  # noqa: E402
+from rigctl.proc import RigError, wait_until  # noqa: E402
 
 from tests.chaos.invariants import Budget, data, errors, pdl, resumed  # noqa: E402
 from tests.chaos.rigchaos import ChaosError, Cluster, Mark, Probe, first_io_after  # noqa: E402
@@ -200,15 +201,6 @@ class PacemakerCluster:
             return st["group_on"][0]
         return None
 
-    def wait(self, what: str, check: Any, timeout_s: float) -> Any:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            got = check()
-            if got:
-                return got
-            time.sleep(0.5)
-        raise ChaosError(f"pacemaker: {what} not reached within {timeout_s:.0f} s: {self.state()}")
-
     # --- install / restore / uninstall --------------------------------------------------------------
     def install(self) -> str:
         """Stop hacontrol, clear its leftovers, start corosync + Pacemaker with the profile, load the CIB."""
@@ -223,7 +215,7 @@ class PacemakerCluster:
         for node in self.rig.controllers:
             self._start_stack(node)
         # The first DC election waits dc-deadtime (20 s); properties then resources.
-        self.wait("a designated controller", self._dc, 120)
+        wait_until("pacemaker: a designated controller", self._dc, timeout=120)
         props = {"stonith-enabled": "true", "cluster-name": "hacrig"}
         if self.profile.stonith_timeout_s:
             props["stonith-timeout"] = f"{self.profile.stonith_timeout_s}s"
@@ -306,10 +298,8 @@ class PacemakerCluster:
 
 # --- faults ---------------------------------------------------------------------------------------
 def _moved(pc: PacemakerCluster, to: str, timeout_s: float) -> None:
-    try:
-        pc.wait(f"the group on {to}", lambda: pc.active() == to, timeout_s)
-    except ChaosError:
-        pass  # the trial's verdict (I/O pause) says what that cost
+    with contextlib.suppress(RigError):  # the trial's verdict (I/O pause) says what that cost
+        wait_until(f"pacemaker: the group on {to}", lambda: pc.active() == to, timeout=timeout_s)
 
 
 def power_off(pc: PacemakerCluster, active: str, m: Mark) -> None:

@@ -13,11 +13,12 @@ every second, short stonith timeout).
 Faults (the subset of tests/chaos/faults.py that both stacks can take alike):
 
 - ``power-off``: the VM that runs the group is powered off;
-- ``kill-agent``: kill -9 of the cluster software on that node (corosync: membership is what dies; the kernel
-  keeps serving the target and the VIP, as it does after hacontrol's agent is killed);
+- ``kill-agent``: kill -9 of the cluster software on that node (corosync: membership is what dies). The kernel
+  keeps serving the target and the VIP; nothing resets the node (hacontrol's killed agent stops feeding the
+  hardware watchdog instead, which resets its controller);
 - ``planned-switchover``: ``crm_resource --move`` of the group to the peer, under load.
 
-    sudo .venv/bin/python -m tests.chaos.pacemaker --profile default --trials 6 [--out .chaos]
+    sudo .venv/bin/python -m tests.chaos.pacemaker --profile default --trials 9 [--out .chaos]
     sudo .venv/bin/python -m tests.chaos.pacemaker --uninstall      # stop Pacemaker, start hacontrol again
 
 Each trial appends a record to OUT/baseline.jsonl (stack "pacemaker", the profile); `tests.chaos.campaign

@@ -162,6 +162,12 @@ class Lab:
         for name, pid in sorted(state.get("pids", {}).items()):
             if _stop_pid(pid):
                 done.append(f"stopped {name} ({pid})")
+        # A process the lab started but could not record (Ctrl-C between a fork and the state file) still runs
+        # inside one of the lab's own namespaces: end those too, by PID, before the namespaces go.
+        for ns in sorted(n for n in netns.list_namespaces() if n.startswith(PREFIX + "-")):
+            for pid in netns.pids_in(ns):
+                if _stop_pid(pid):
+                    done.append(f"stopped unrecorded process {pid} in {ns}")
         for port in TGT_CONTROL_PORTS.values():
             for suffix in ("", ".lock"):
                 with contextlib.suppress(FileNotFoundError):

@@ -153,6 +153,25 @@ def sweep(prefix: str) -> list[str]:
     return removed
 
 
+def pids_in(name: str) -> list[int]:
+    """The processes whose network namespace is ``name`` (what `ip netns pids` prints), this one excluded."""
+    try:
+        target = os.stat(os.path.join(NETNS_DIR, name))
+    except FileNotFoundError:
+        return []
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            st = os.stat(f"/proc/{entry}/ns/net")
+        except OSError:  # gone meanwhile, or a kernel thread
+            continue
+        if (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino):
+            found.append(int(entry))
+    return sorted(found)
+
+
 def list_namespaces() -> list[str]:
     try:
         return sorted(os.listdir(NETNS_DIR))

@@ -68,6 +68,29 @@ def test_ctrl_c_at_any_point_of_the_demo_leaves_nothing_behind(lab_dir: Path, af
     assert_nothing_left(lab_dir)
 
 
+def test_down_ends_a_process_the_lab_started_but_never_recorded(lab_dir: Path):
+    """Ctrl-C between a fork and the state file leaves a process no PID in the state names; it still runs in
+    one of the lab's namespaces, and down ends it there. (The [1.5] case above once left three ZooKeeper
+    members behind in CI; this closes one way that can happen, not proven to be that one.)"""
+    ns = f"{PREFIX}-zk"
+    subprocess.run(["ip", "netns", "add", ns], check=True, timeout=10)
+    child = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", "import time; time.sleep(120)",
+                              "hacontrol-unrecorded"], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while child.pid not in netns.pids_in(ns) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert child.pid in netns.pids_in(ns)
+        done = Lab(lab_dir).down()
+        assert f"stopped unrecorded process {child.pid} in {ns}" in done
+        assert child.wait(timeout=10) is not None
+        assert_nothing_left(lab_dir)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(timeout=10)
+
+
 def test_up_twice_is_refused_and_down_is_idempotent(lab_dir: Path):
     first = hactl("up", lab_dir=lab_dir)
     assert first.returncode == 0, first.stderr

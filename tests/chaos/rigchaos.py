@@ -16,6 +16,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,23 @@ VENV_PYTHON = "/opt/hacontrol/venv/bin/python"
 
 class ChaosError(RuntimeError):
     pass
+
+
+def settle(healthy: Callable[[], str | None], kick: Callable[[float], None], *, kick_every_s: float,
+           timeout_s: float, what: str, detail: Callable[[], Any]) -> str:
+    """Poll ``healthy()`` (the active node's name once healthy) every second; every ``kick_every_s`` without
+    success call ``kick(seconds left)`` to bring back what is still out. ChaosError with ``detail()`` on timeout."""
+    deadline = time.monotonic() + timeout_s
+    kicked = time.monotonic()
+    while time.monotonic() < deadline:
+        active = healthy()
+        if active:
+            return active
+        if time.monotonic() - kicked > kick_every_s:
+            kicked = time.monotonic()
+            kick(deadline - time.monotonic())
+        time.sleep(1.0)
+    raise ChaosError(f"{what} did not become healthy within {timeout_s:.0f} s: {detail()}")
 
 
 @dataclass
@@ -76,25 +94,19 @@ class Cluster:
         for node in rig.controllers:
             rig.ssh(node, "pkill -CONT -f hacontrol.agent.main; systemctl reset-failed hacontrol.service; "
                           "systemctl start hacontrol.service", timeout=60)
-        deadline = time.monotonic() + timeout_s
-        kicked = time.monotonic()
-        while time.monotonic() < deadline:
-            active = self.healthy()
-            if active:
-                return active
-            if time.monotonic() - kicked > 10:
-                # A controller that was still rebooting (its hardware watchdog reset it) missed the start above,
-                # or its peer power-fenced it meanwhile; the agent is not enabled at boot in the rig, so bring the
-                # VM back if needed and start the agent again (idempotent).
-                kicked = time.monotonic()
-                live = {n["node"] for n in self.status().get("nodes", []) if n.get("live_session")}
-                for node in rig.controllers:
-                    if node not in live:
-                        rig.ensure_running(node, timeout=max(30.0, deadline - time.monotonic()))
-                        rig.ssh(node, "systemctl reset-failed hacontrol.service; systemctl start hacontrol.service",
-                                timeout=30)
-            time.sleep(1.0)
-        raise ChaosError(f"the cluster did not become healthy within {timeout_s:.0f} s: {self.status()}")
+        return settle(self.healthy, self._kick, kick_every_s=10, timeout_s=timeout_s, what="the cluster",
+                      detail=self.status)
+
+    def _kick(self, remaining_s: float) -> None:
+        """A controller that was still rebooting (its hardware watchdog reset it) missed the start in restore(),
+        or its peer power-fenced it meanwhile; the agent is not enabled at boot in the rig, so bring the VM back
+        if needed and start the agent again (idempotent)."""
+        live = {n["node"] for n in self.status().get("nodes", []) if n.get("live_session")}
+        for node in self.rig.controllers:
+            if node not in live:
+                self.rig.ensure_running(node, timeout=max(30.0, remaining_s))
+                self.rig.ssh(node, "systemctl reset-failed hacontrol.service; systemctl start hacontrol.service",
+                             timeout=30)
 
     def history(self) -> list[dict[str, Any]]:
         out = agents.hactl(self.rig, "history", "--json", "--limit", "50", timeout=30)

@@ -14,8 +14,8 @@ Faults (the subset of tests/chaos/faults.py that both stacks can take alike):
 
 - ``power-off``: the VM that runs the group is powered off;
 - ``kill-agent``: kill -9 of the cluster software on that node (corosync: membership is what dies). The kernel
-  keeps serving the target and the VIP; nothing resets the node (hacontrol's killed agent stops feeding the
-  hardware watchdog instead, which resets its controller);
+  keeps serving the target and the VIP, and nothing resets the node (a killed hacontrol agent leaves its
+  hardware watchdog armed, which resets the controller);
 - ``planned-switchover``: ``crm_resource --move`` of the group to the peer, under load.
 
     sudo .venv/bin/python -m tests.chaos.pacemaker --profile default --trials 9 [--out .chaos]
@@ -47,9 +47,10 @@ from rigctl import Rig, agents  # noqa: E402 - after the sys.path lines
 from rigctl.proc import RigError, wait_until  # noqa: E402
 
 from tests.chaos.invariants import Budget, data, errors, pdl, resumed  # noqa: E402
-from tests.chaos.rigchaos import ChaosError, Cluster, Mark, Probe, first_io_after  # noqa: E402
+from tests.chaos.rigchaos import ChaosError, Cluster, Mark, Probe, first_io_after, settle  # noqa: E402
 
 GROUP = "iscsi"
+MEMBERS = ("target", "lun0", "vip")  # the group's resources, in start order (resources_xml)
 COROSYNC_CONF = "/etc/corosync/corosync.conf"
 # fence_scsi fences with PREEMPT AND ABORT, which the rig's shelf (tgt) refuses as an illegal request; its
 # documented sg_persist_path option points it at this shim, which sends PREEMPT instead (what hacontrol sends to
@@ -101,10 +102,10 @@ def _nv(owner: str, name: str, value: str) -> str:
     return f'<nvpair id="{owner}-{name}" name="{name}" value="{value}"/>'
 
 
-def _primitive(rid: str, ra: str, params: dict[str, str], monitor_s: int, klass: str = "ocf") -> str:
-    provider = ' provider="heartbeat"' if klass == "ocf" else ""
+def _primitive(rid: str, ra: str, params: dict[str, str], monitor_s: int) -> str:
+    """An ocf:heartbeat resource with monitor, start and stop operations."""
     attrs = "".join(_nv(rid, k, v) for k, v in params.items())
-    return (f'<primitive id="{rid}" class="{klass}"{provider} type="{ra}">'
+    return (f'<primitive id="{rid}" class="ocf" provider="heartbeat" type="{ra}">'
             f'<instance_attributes id="{rid}-ia">{attrs}</instance_attributes>'
             f'<operations><op id="{rid}-monitor" name="monitor" interval="{monitor_s}s" timeout="20s"/>'
             f'<op id="{rid}-start" name="start" interval="0s" timeout="60s"/>'
@@ -145,6 +146,12 @@ def resources_xml(rig: Any, profile: Profile) -> str:
     return f"<resources>{fence}{group}</resources>"
 
 
+def _quorate_dc(doc: ET.Element | None) -> bool:
+    """crm_mon's XML says: a designated controller, in a partition with quorum."""
+    dc = doc.find("summary/current_dc") if doc is not None else None
+    return dc is not None and dc.get("present") == "true" and dc.get("with_quorum") == "true"
+
+
 class PacemakerCluster:
     """Pacemaker on the rig's two controllers (hacontrol's agents stopped and their leftovers cleared)."""
 
@@ -170,8 +177,7 @@ class PacemakerCluster:
                 doc = ET.fromstring(out.stdout)
             except ET.ParseError:
                 continue
-            dc = doc.find("summary/current_dc")
-            if dc is not None and dc.get("present") == "true" and dc.get("with_quorum") == "true":
+            if _quorate_dc(doc):
                 self.answered = node
                 return doc
             fallback = fallback if fallback is not None else doc
@@ -182,15 +188,12 @@ class PacemakerCluster:
         if doc is None:
             return {"online": [], "group_on": [], "failed": True}
         online = [n.get("name") for n in doc.iter("node") if n.get("online") == "true" and n.get("name")]
-        running: dict[str, set[str]] = {}
+        running = {rid: set() for rid in MEMBERS}  # resource -> nodes where it is started
         for res in doc.iter("resource"):
-            if res.get("role") == "Started" and res.get("active") == "true" and res.get("id") in ("vip", "target",
-                                                                                                   "lun0"):
-                for n in res.iter("node"):
-                    running.setdefault(res.get("id", ""), set()).add(n.get("name", ""))
-        group_on = sorted(set.intersection(*running.values())) if len(running) == 3 else []
-        failed = any(True for _ in doc.iter("failure"))
-        return {"online": online, "group_on": group_on, "failed": failed}
+            if res.get("id") in running and res.get("role") == "Started" and res.get("active") == "true":
+                running[res.get("id", "")].update(n.get("name", "") for n in res.iter("node"))
+        group_on = sorted(set.intersection(*running.values()))
+        return {"online": online, "group_on": group_on, "failed": doc.find(".//failure") is not None}
 
     def active(self) -> str | None:
         on = self.state()["group_on"]
@@ -216,7 +219,7 @@ class PacemakerCluster:
         for node in self.rig.controllers:
             self._start_stack(node)
         # The first DC election waits dc-deadtime (20 s); properties then resources.
-        wait_until("pacemaker: a designated controller", self._dc, timeout=120)
+        wait_until("pacemaker: a designated controller", lambda: _quorate_dc(self.crm_mon()), timeout=120)
         props = {"stonith-enabled": "true", "cluster-name": "hacrig"}
         if self.profile.stonith_timeout_s:
             props["stonith-timeout"] = f"{self.profile.stonith_timeout_s}s"
@@ -227,11 +230,6 @@ class PacemakerCluster:
         self.rig.ssh(node, " && ".join(cmds), input_text=resources_xml(self.rig, self.profile), check=True,
                      timeout=120)
         return self.restore()
-
-    def _dc(self) -> bool:
-        doc = self.crm_mon()
-        summary = doc.find("summary/current_dc") if doc is not None else None
-        return summary is not None and summary.get("present") == "true"
 
     def _start_stack(self, node: str) -> None:
         self.started[node] = time.monotonic()
@@ -252,19 +250,13 @@ class PacemakerCluster:
         """Heal, bring every controller back into the cluster, clear failures, wait for the group on one node.
 
         Looks again every 15 s: a node can leave after the first look (a stop still running, a reset)."""
-        rig = self.rig
-        rig.heal()
-        deadline = time.monotonic() + timeout_s
-        kicked = -1e9
-        while time.monotonic() < deadline:
-            active = self.healthy()
-            if active:
-                return active
-            if time.monotonic() - kicked > 15:
-                kicked = time.monotonic()
-                self._rejoin()
-            time.sleep(1.0)
-        raise ChaosError(f"pacemaker did not become healthy within {timeout_s:.0f} s: {self.state()}")
+        self.rig.heal()
+        active = self.healthy()
+        if active:
+            return active
+        self._rejoin()
+        return settle(self.healthy, lambda _left: self._rejoin(), kick_every_s=15, timeout_s=timeout_s,
+                      what="pacemaker", detail=self.state)
 
     def _rejoin(self) -> None:
         """Every controller that is not online in the cluster's (quorate) view: VM up, the stack stopped, what
@@ -403,7 +395,7 @@ def run_trial(pc: PacemakerCluster, seed: int, index: int, names: list[str], wor
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", choices=sorted(PROFILES), default="default")
-    ap.add_argument("--trials", type=int, default=6)
+    ap.add_argument("--trials", type=int, default=9)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--first", type=int, default=0, help="index of the first trial (to continue a seed)")
     ap.add_argument("--faults", default=",".join(sorted(FAULTS)), help="comma-separated subset")

@@ -1,4 +1,4 @@
-"""The Pacemaker baseline's pure parts, without VMs: corosync.conf, the CIB resources, the ratio table."""
+"""The Pacemaker baseline's pure parts, without VMs: corosync.conf, the CIB, the cluster view, phases, ratios."""
 
 from __future__ import annotations
 
@@ -11,7 +11,14 @@ import pytest
 from rigctl import agents
 from rigctl.config import load_topology
 
-from tests.chaos.pacemaker import PROFILES, SG_PERSIST_SHIM, corosync_conf, phases_from_journal, resources_xml
+from tests.chaos.pacemaker import (
+    PROFILES,
+    SG_PERSIST_SHIM,
+    PacemakerCluster,
+    corosync_conf,
+    phases_from_journal,
+    resources_xml,
+)
 from tests.chaos.report import baseline_markdown
 
 TOPOLOGY = load_topology()
@@ -24,6 +31,7 @@ class FakeRig:
 
     topology: Any = TOPOLOGY
     commands: list[str] = field(default_factory=list)
+    crm_mon: dict[str, str] = field(default_factory=dict)  # node -> what `crm_mon --output-as=xml` prints there
 
     @property
     def controllers(self) -> list[str]:
@@ -35,6 +43,9 @@ class FakeRig:
 
     def ssh(self, node: str, cmd: str, **_: Any) -> subprocess.CompletedProcess[str]:
         self.commands.append(cmd)
+        if cmd.startswith("crm_mon"):
+            out = self.crm_mon.get(node)
+            return subprocess.CompletedProcess(cmd, 0 if out else 102, out or "", "")
         mac = TOPOLOGY.nodes[node].mac(TOPOLOGY.networks["san"])
         return subprocess.CompletedProcess(cmd, 0, f"3: enp0s4: <BROADCAST> mtu 1500 link/ether {mac} brd ff\n", "")
 
@@ -105,3 +116,30 @@ def test_phases_come_from_the_new_actives_journal_on_the_hosts_clock() -> None:
     assert got == {"detect": 7.1, "fenced": 19.6, "alua": 39.1, "vips": 42.4}
     planned = phases_from_journal(JOURNAL, "ctrl-a", "ctrl-b", 10.0, 1030.0)  # after the loss: none of it counts
     assert planned == {"detect": None, "fenced": None, "alua": None, "vips": None}
+
+
+def _crm_mon(quorum: bool, online: list[str], started_on: dict[str, str], failure: bool = False) -> str:
+    nodes = "".join(f'<node name="{n}" online="{str(n in online).lower()}"/>' for n in ("ctrl-a", "ctrl-b"))
+    res = "".join(f'<resource id="{r}" role="Started" active="true"><node name="{n}"/></resource>'
+                  for r, n in started_on.items())
+    fail = '<failures><failure op_key="lun0_monitor_0"/></failures>' if failure else ""
+    return (f'<pacemaker-result><summary><current_dc present="true" with_quorum="{str(quorum).lower()}"/>'
+            f"</summary><nodes>{nodes}</nodes><resources><group id=\"iscsi\">{res}</group></resources>{fail}"
+            "</pacemaker-result>")
+
+
+def test_the_cluster_is_read_from_a_quorate_node_and_the_group_runs_where_all_three_run() -> None:
+    everything_on_b = {"target": "ctrl-b", "lun0": "ctrl-b", "vip": "ctrl-b"}
+    # ctrl-a's corosync was killed: its own stale view still shows itself online and serving.
+    rig = FakeRig(crm_mon={"ctrl-a": _crm_mon(False, ["ctrl-a"], {"target": "ctrl-a", "lun0": "ctrl-a",
+                                                                   "vip": "ctrl-a"}),
+                           "ctrl-b": _crm_mon(True, ["ctrl-b"], everything_on_b)})
+    pc = PacemakerCluster(rig, PROFILES["default"])
+    assert pc.state() == {"online": ["ctrl-b"], "group_on": ["ctrl-b"], "failed": False}
+    assert pc.answered == "ctrl-b" and pc.healthy() is None  # one node out: not healthy
+    rig.crm_mon["ctrl-b"] = _crm_mon(True, ["ctrl-a", "ctrl-b"], {**everything_on_b, "vip": "ctrl-a"})
+    assert pc.active() is None  # a group split over two nodes does not run anywhere
+    rig.crm_mon["ctrl-b"] = _crm_mon(True, ["ctrl-a", "ctrl-b"], everything_on_b)
+    assert pc.healthy() == "ctrl-b"
+    rig.crm_mon["ctrl-b"] = _crm_mon(True, ["ctrl-a", "ctrl-b"], everything_on_b, failure=True)
+    assert pc.healthy() is None  # failed actions still to clear

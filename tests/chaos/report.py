@@ -53,8 +53,8 @@ def markdown(trials: Sequence[dict[str, Any]], title: str = "Chaos campaign") ->
              "| fault | trials | detect | fenced | ALUA | VIPs | first good I/O | pause | I/O errors | violations |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for fault, ts in sorted(by_fault.items()):
-        cols = [_cell([t["phases"][p] for t in ts if t.get("phases", {}).get(p) is not None]) for p in PHASES]
-        pauses = [t["io_pause_s"] for t in ts if t.get("io_pause_s") is not None]
+        cols = [_cell(_values(ts, p)) for p in PHASES]
+        pauses = _pauses(ts)
         errors = sum(int(t.get("io_errors", 0)) for t in ts)
         bad = sum(1 for t in ts if t.get("violations"))
         lines.append(f"| {fault} | {len(ts)} | {' | '.join(cols)} | {_cell(pauses)} | {errors} | {bad} |")
@@ -86,13 +86,13 @@ def baseline_markdown(ours: Sequence[dict[str, Any]], theirs: Sequence[dict[str,
     for fault in faults:
         mine = rows.get((fault, "hacontrol"), [])
         my_first = _median(_values(mine, "first_io"))
-        my_pause = _median([t["io_pause_s"] for t in mine if t.get("io_pause_s") is not None])
+        my_pause = _median(_pauses(mine))
         for stack in ["hacontrol", *sorted(k[1] for k in rows if k[0] == fault and k[1] != "hacontrol")]:
             ts = rows.get((fault, stack), [])
             if not ts:
                 continue
             first = _values(ts, "first_io")
-            pause = [t["io_pause_s"] for t in ts if t.get("io_pause_s") is not None]
+            pause = _pauses(ts)
             ratio_first = _ratio(my_first, _median(first)) if stack != "hacontrol" else "–"
             ratio_pause = _ratio(my_pause, _median(pause)) if stack != "hacontrol" else "–"
             lines.append(f"| {fault} | {stack} | {len(ts)} | {_cell(first)} | {_cell(pause)} | "
@@ -103,6 +103,10 @@ def baseline_markdown(ours: Sequence[dict[str, Any]], theirs: Sequence[dict[str,
 
 def _values(trials: Sequence[dict[str, Any]], phase: str) -> list[float]:
     return [t["phases"][phase] for t in trials if (t.get("phases") or {}).get(phase) is not None]
+
+
+def _pauses(trials: Sequence[dict[str, Any]]) -> list[float]:
+    return [float(t["io_pause_s"]) for t in trials if t.get("io_pause_s") is not None]
 
 
 def _ratio(ours: float | None, theirs: float | None) -> str:
@@ -118,13 +122,12 @@ def plot(trials: Sequence[dict[str, Any]], path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    by_fault: dict[str, list[float]] = defaultdict(list)
+    by_fault: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for t in trials:
-        if t.get("io_pause_s") is not None:
-            by_fault[t["fault"]].append(float(t["io_pause_s"]))
+        by_fault[t["fault"]].append(t)
     names = sorted(by_fault)
     fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(names)), 4.5), dpi=110)
-    ax.boxplot([by_fault[n] for n in names], showfliers=True)
+    ax.boxplot([_pauses(by_fault[n]) for n in names], showfliers=True)
     ax.set_xticks(range(1, len(names) + 1), names, rotation=35, ha="right", fontsize=8)
     ax.set_ylabel("longest I/O pause at the initiator (s)")
     ax.set_title(f"I/O pause per fault type ({len(trials)} trials)")

@@ -83,7 +83,8 @@ def test_down_ends_a_process_the_lab_started_but_never_recorded(lab_dir: Path):
         assert child.pid in netns.pids_in(ns)
         done = Lab(lab_dir).down()
         assert f"stopped unrecorded process {child.pid} in {ns}" in done
-        assert child.wait(timeout=10) is not None
+        child.wait(timeout=10)  # TimeoutExpired if down() left it running
+        assert not Path(f"/proc/{child.pid}").exists()
         assert_nothing_left(lab_dir)
     finally:
         if child.poll() is None:

@@ -56,6 +56,7 @@ class PortMover(Protocol):
     def adopt_peer(self, epoch: int, deadline: float) -> None: ...
     def release_peer(self, deadline: float) -> None: ...
     def bring_up_own(self, deadline: float) -> None: ...
+    def take_down_own(self, deadline: float) -> None: ...
 
 
 class Rebooter(Protocol):
@@ -121,7 +122,8 @@ class Executor:
     def _budget(self, action: A.Action) -> float:
         if isinstance(action, A.FencePeer):
             return self.fence_budget_s
-        if isinstance(action, A.AdoptPeerPorts | A.ReleasePeerPorts | A.BringUpOwnPorts | A.AddVips):
+        if isinstance(action, A.AdoptPeerPorts | A.ReleasePeerPorts | A.BringUpOwnPorts | A.TakeDownOwnPorts
+                      | A.AddVips):
             # moving a port or a VIP includes the duplicate-address check and the announcements
             return max(self.ports_budget_s, self.timing.operation_timeout_s)
         return self.timing.operation_timeout_s
@@ -155,7 +157,7 @@ class Executor:
                 address = self._vip(key)
                 self.target.cut_connections(str(address.address.ip), deadline)
                 self.network.release(address, deadline)
-        elif isinstance(a, A.AdoptPeerPorts | A.ReleasePeerPorts | A.BringUpOwnPorts):
+        elif isinstance(a, A.AdoptPeerPorts | A.ReleasePeerPorts | A.BringUpOwnPorts | A.TakeDownOwnPorts):
             return self._ports(a, deadline)
         elif isinstance(a, A.ConfigureTarget):
             return self.target.configure(deadline)
@@ -223,6 +225,8 @@ class Executor:
             return self.after_adopt() if self.after_adopt is not None else ""
         if isinstance(a, A.ReleasePeerPorts):
             self.ports.release_peer(deadline)
+        elif isinstance(a, A.TakeDownOwnPorts):
+            self.ports.take_down_own(deadline)
         else:
             self.ports.bring_up_own(deadline)
         return ""

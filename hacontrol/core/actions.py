@@ -130,6 +130,11 @@ class BringUpOwnPorts(Action):
 
 
 @dataclass(frozen=True)
+class TakeDownOwnPorts(Action):
+    """Remove this controller's own portal addresses: our session is lapsing, so the peer may adopt them soon."""
+
+
+@dataclass(frozen=True)
 class ConfigureTarget(Action):
     """Apply the configured target model here (idempotent; both roles; never unmaps on failover)."""
 

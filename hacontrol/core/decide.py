@@ -13,7 +13,9 @@ The rules, each a test in ``tests/unit``:
 2. Fence before promote: FencePeer comes before any promoting step in a plan,
    and the executor stops at the first failure.
 3. SUSPENDED means "I may not hold the lease": nothing new starts while the
-   session is suspended, and the lease runs out on the local deadline.
+   session is suspended, and the lease runs out on the local deadline. On the
+   same deadline a standby with port takeover gives its own portal addresses
+   up, before the peer can see its session expire and adopt them.
 4. Never cause PDL: a standby sets Standby/Transitioning, it never unmaps.
 5. Maintenance freezes automation, never the lease rule; the frozen steps are
    reported.
@@ -45,6 +47,7 @@ from hacontrol.core.actions import (
     ReleasePeerPorts,
     RemoveVips,
     SetAlua,
+    TakeDownOwnPorts,
 )
 from hacontrol.core.model import AluaState, Observation, PeerReport, Role, SessionState
 from hacontrol.core.timing import Timing
@@ -160,6 +163,8 @@ def _not_leading(obs: Observation, now: float, timing: Timing, until: float | No
         actions.append(ConfigureTarget())
     c = obs.coord
     if c.session is not SessionState.CONNECTED:
+        if obs.spec.port_takeover and obs.datapath.own_ports_up and _session_lapsing(obs, now, timing):
+            actions.append(TakeDownOwnPorts())
         return Plan(Reason.NO_SESSION, Role.STARTING if c.lease_confirmed_at is None else Role.STANDBY,
                     tuple(actions))
     actions.extend(_standby_alignment(obs))
@@ -168,6 +173,15 @@ def _not_leading(obs: Observation, now: float, timing: Timing, until: float | No
     if c.leader is not None:
         return Plan(Reason.ALIGNING if aligning else Reason.STANDBY, Role.STANDBY, tuple(actions))
     return _maybe_claim(obs, now, timing, tuple(actions))
+
+
+def _session_lapsing(obs: Observation, now: float, timing: Timing) -> bool:
+    """Our session has been unconfirmed for as long as an active would hold its lease: the servers may expire
+    it any moment now, and the peer then adopts our portals (its duplicate-address check cannot see them if
+    we are cut from it too). Without a confirmation at all (a process starting, or a session already lost)
+    this is not the place: after the reconnect, ``_standby_alignment`` gives up what the peer adopted."""
+    c = obs.coord
+    return c.lease_confirmed_at is not None and now >= c.lease_confirmed_at + timing.demote_deadline_s
 
 
 def _step_down_reason(obs: Observation, until: float | None) -> Reason:
@@ -217,8 +231,13 @@ def _standby_alignment(obs: Observation) -> list[Action]:
         if d.own_group != STANDBY or d.peer_group != want_peer:
             actions.append(SetAlua(own=STANDBY, peer=want_peer))
     managed = obs.spec.port_takeover or obs.spec.own_portals
-    if managed and not d.own_ports_up and not (c.peer and c.peer.hosts_peer_ports):
+    peer_hosts_ours = c.peer is not None and c.peer.hosts_peer_ports
+    if managed and not d.own_ports_up and not peer_hosts_ours:
         actions.append(BringUpOwnPorts())
+    elif obs.spec.port_takeover and d.own_ports_up and peer_hosts_ours:
+        # The peer adopted our portals while our session was gone: the same addresses are up on both. Ours go;
+        # the peer hands them back once we are a ready standby, and we bring them up again (with announcements).
+        actions.append(TakeDownOwnPorts())
     return actions
 
 

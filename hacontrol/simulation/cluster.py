@@ -406,6 +406,10 @@ class Cluster:
         c.own_ports_up = True
         return True
 
+    def _do_TakeDownOwnPorts(self, c: Controller, a: A.TakeDownOwnPorts) -> bool:
+        c.own_ports_up = False
+        return True
+
     def _do_ArmWatchdog(self, c: Controller, a: A.ArmWatchdog) -> bool:
         c.watchdog_armed = True
         if self.profile.hardware_watchdog:

@@ -383,6 +383,29 @@ def test_a_standby_brings_its_own_portals_up_with_or_without_port_takeover(takeo
     assert "BringUpOwnPorts" in names(decide(obs, NOW, T))
 
 
+def test_a_standby_whose_session_lapses_gives_its_portals_up_before_the_peer_may_adopt_them():
+    base = with_spec(standby(), port_takeover=True)
+    suspended = with_coord(base, session=SessionState.SUSPENDED, lease_confirmed_at=NOW - T.demote_deadline_s / 2)
+    assert "TakeDownOwnPorts" not in names(decide(suspended, NOW, T))  # a blip: the session may come back
+    lapsed = with_coord(base, session=SessionState.SUSPENDED, lease_confirmed_at=NOW - T.demote_deadline_s)
+    plan = decide(lapsed, NOW, T)
+    assert plan.reason is Reason.NO_SESSION and "TakeDownOwnPorts" in names(plan)
+    assert "TakeDownOwnPorts" not in names(decide(with_datapath(lapsed, own_ports_up=False), NOW, T))
+    # without port takeover nobody adopts them: a standby keeps its portals through the outage
+    assert "TakeDownOwnPorts" not in names(decide(with_spec(lapsed, port_takeover=False, own_portals=True), NOW, T))
+    # a process that never had a session has not brought its portals up: nothing to give up
+    starting = with_coord(base, session=SessionState.LOST, lease_confirmed_at=None)
+    assert "TakeDownOwnPorts" not in names(decide(starting, NOW, T))
+
+
+def test_a_standby_back_from_an_outage_gives_up_portals_the_peer_adopted_meanwhile():
+    peer = peer_report(Role.ACTIVE, AO, vips=VIPS, hosts_peer_ports=True)
+    back = with_coord(with_spec(standby(), port_takeover=True), peer=peer)
+    assert "TakeDownOwnPorts" in names(decide(back, NOW, T))
+    down = with_datapath(back, own_ports_up=False)
+    assert not {"TakeDownOwnPorts", "BringUpOwnPorts"} & set(names(decide(down, NOW, T)))  # wait for the hand-back
+
+
 def test_without_managed_portals_nothing_is_brought_up():
     obs = with_spec(with_datapath(standby(), own_ports_up=False), port_takeover=False, own_portals=False)
     assert "BringUpOwnPorts" not in names(decide(obs, NOW, T))

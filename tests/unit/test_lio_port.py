@@ -223,6 +223,10 @@ def test_own_ports_are_brought_up_on_request_and_observed(lio, devices):
     assert not port.observe().own_ports_up
     port.bring_up_own(FAR)
     assert network.held == {"192.0.2.11/24"} and port.observe().own_ports_up
+    port.take_down_own(FAR)
+    assert network.held == set() and not port.observe().own_ports_up
+    assert network.calls[-1] == ("release", "192.0.2.11/24")
+    assert lio.snapshot().targets[IQN].tpgs[1].enabled  # only the addresses go: bringing them back is one step
 
 
 def test_nftables_follow_the_configuration_and_are_undone_with_a_failed_apply(tmp_path, devices):

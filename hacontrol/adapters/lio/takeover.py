@@ -189,6 +189,18 @@ class PortMoves:
             self._forget_present()
         log.info("lio_own_ports_up", node=self.node)
 
+    def take_down_own(self, deadline: float) -> None:
+        """Remove our own portal addresses (connections on them are cut first). The own TPG stays enabled: with
+        its addresses gone nothing reaches it, and bringing the ports up again only has to add them."""
+        if self.network is None:
+            return
+        try:
+            for address in self._managed(self.node):
+                self.network.release(address, deadline)
+        finally:
+            self._forget_present()
+        log.info("lio_own_ports_down", node=self.node)
+
     def cut_connections(self, address: str, deadline: float) -> None:
         """Abort the target's TCP connections on one local address (SOCK_DESTROY; LIO's sessions then end).
 

@@ -11,6 +11,7 @@ A Rig built in a later process picks up the running rig from .rig/state.json.
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import subprocess
 import time
@@ -390,16 +391,20 @@ class Rig:
         return f"killed hacontrol.service on {node}"
 
     def freeze_agent(self, node: str, seconds: float) -> dict:
-        """SIGSTOP hacontrol.service for `seconds`, then SIGCONT (the host keeps the time, not the guest)."""
+        """SIGSTOP hacontrol.service for `seconds`, then SIGCONT.
+
+        Stop, sleep and resume run in one shell inside the guest: a second ssh connection for the SIGCONT took
+        longer than the watchdog's margin under TCG when the connection master had gone (campaign seed 1, trial
+        131: a 1.2 s freeze became a watchdog reset). The shell ignores SIGHUP, so a dropped ssh session cannot
+        leave the agent stopped."""
         if not 0 < seconds <= 3600:
             raise RigError("freeze-agent takes 0 < SECONDS <= 3600")
         self._require_agent(node)
+        unit = "hacontrol.service"
+        script = (f"trap '' HUP; systemctl kill --signal=SIGSTOP {unit} && sleep {seconds:g}; "
+                  f"systemctl kill --signal=SIGCONT {unit}")
         t0 = time.monotonic()
-        self.ssh(node, "systemctl kill --signal=SIGSTOP hacontrol.service", timeout=30, check=True)
-        try:
-            time.sleep(seconds)
-        finally:
-            self.ssh(node, "systemctl kill --signal=SIGCONT hacontrol.service", timeout=60, check=True)
+        self.ssh(node, f"sh -c {shlex.quote(script)}", timeout=seconds + 60, check=True)
         self.log("fault.freeze_agent", node=node, seconds=seconds)
         return {"node": node, "frozen_s": round(time.monotonic() - t0, 2)}
 

@@ -230,15 +230,20 @@ def _standby_alignment(obs: Observation) -> list[Action]:
         want_peer = _mirror(c.peer, leader_is_peer)
         if d.own_group != STANDBY or d.peer_group != want_peer:
             actions.append(SetAlua(own=STANDBY, peer=want_peer))
-    managed = obs.spec.port_takeover or obs.spec.own_portals
-    peer_hosts_ours = c.peer is not None and c.peer.hosts_peer_ports
-    if managed and not d.own_ports_up and not peer_hosts_ours:
+    if _own_ports_missing(obs):
         actions.append(BringUpOwnPorts())
-    elif obs.spec.port_takeover and d.own_ports_up and peer_hosts_ours:
+    elif obs.spec.port_takeover and d.own_ports_up and c.peer is not None and c.peer.hosts_peer_ports:
         # The peer adopted our portals while our session was gone: the same addresses are up on both. Ours go;
         # the peer hands them back once we are a ready standby, and we bring them up again (with announcements).
         actions.append(TakeDownOwnPorts())
     return actions
+
+
+def _own_ports_missing(obs: Observation) -> bool:
+    """Our managed portal addresses are not up here, and the peer does not host them for us."""
+    managed = obs.spec.port_takeover or obs.spec.own_portals
+    p = obs.coord.peer
+    return managed and not obs.datapath.own_ports_up and not (p is not None and p.hosts_peer_ports)
 
 
 def _standby_registration(obs: Observation, now: float, timing: Timing) -> list[Action]:
@@ -386,6 +391,9 @@ def _takeover(obs: Observation, now: float, timing: Timing, head: list[Action], 
         # every millisecond between its removal and our announcement can cost an initiator a SYN timeout.
         actions.append(AddVips(frozenset(missing), check_duplicates=not _peer_handed_over(obs)))
         reason = Reason.FENCING if reason is Reason.FENCING else Reason.PROMOTING
+    if _own_ports_missing(obs):
+        # e.g. leading again after a quorum loss, during which we gave our portals up (they may have been adopted)
+        actions.append(BringUpOwnPorts())
     actions.extend(_port_moves(obs, epoch))
     intent = c.switchover
     if (reason is Reason.ACTIVE and intent is not None and intent.state == "pending"

@@ -406,6 +406,13 @@ def test_a_standby_back_from_an_outage_gives_up_portals_the_peer_adopted_meanwhi
     assert not {"TakeDownOwnPorts", "BringUpOwnPorts"} & set(names(decide(down, NOW, T)))  # wait for the hand-back
 
 
+def test_an_active_leading_again_after_a_quorum_loss_brings_its_own_portals_back():
+    # it gave them up while its session was unconfirmed; the session survived, so it leads again
+    back = with_datapath(with_spec(active(), port_takeover=True), own_ports_up=False)
+    assert "BringUpOwnPorts" in names(decide(back, NOW, T))
+    assert "BringUpOwnPorts" not in names(decide(with_spec(active(), port_takeover=True), NOW, T))
+
+
 def test_without_managed_portals_nothing_is_brought_up():
     obs = with_spec(with_datapath(standby(), own_ports_up=False), port_takeover=False, own_portals=False)
     assert "BringUpOwnPorts" not in names(decide(obs, NOW, T))

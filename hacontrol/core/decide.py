@@ -14,8 +14,9 @@ The rules, each a test in ``tests/unit``:
    and the executor stops at the first failure.
 3. SUSPENDED means "I may not hold the lease": nothing new starts while the
    session is suspended, and the lease runs out on the local deadline. On the
-   same deadline a standby with port takeover gives its own portal addresses
-   up, before the peer can see its session expire and adopt them.
+   same deadline a controller that does not lead (a standby, or an active that
+   just stepped down) gives its own portal addresses up when port takeover is
+   on, before the peer can see its session expire and adopt them.
 4. Never cause PDL: a standby sets Standby/Transitioning, it never unmaps.
 5. Maintenance freezes automation, never the lease rule; the frozen steps are
    reported.

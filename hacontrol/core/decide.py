@@ -392,10 +392,11 @@ def _takeover(obs: Observation, now: float, timing: Timing, head: list[Action], 
         # every millisecond between its removal and our announcement can cost an initiator a SYN timeout.
         actions.append(AddVips(frozenset(missing), check_duplicates=not _peer_handed_over(obs)))
         reason = Reason.FENCING if reason is Reason.FENCING else Reason.PROMOTING
-    if _own_ports_missing(obs):
-        # e.g. leading again after a quorum loss, during which we gave our portals up (they may have been adopted)
-        actions.append(BringUpOwnPorts())
     actions.extend(_port_moves(obs, epoch))
+    if _own_ports_missing(obs):
+        # e.g. leading again after a quorum loss, during which we gave our portals up. After the peer's port
+        # moves: a failing duplicate-address check here must not hold up adopting a dead peer's portals.
+        actions.append(BringUpOwnPorts())
     intent = c.switchover
     if (reason is Reason.ACTIVE and intent is not None and intent.state == "pending"
             and intent.target == obs.node):

@@ -233,18 +233,21 @@ def _standby_alignment(obs: Observation) -> list[Action]:
             actions.append(SetAlua(own=STANDBY, peer=want_peer))
     if _own_ports_missing(obs):
         actions.append(BringUpOwnPorts())
-    elif obs.spec.port_takeover and d.own_ports_up and c.peer is not None and c.peer.hosts_peer_ports:
+    elif obs.spec.port_takeover and d.own_ports_up and _peer_hosts_ours(obs):
         # The peer adopted our portals while our session was gone: the same addresses are up on both. Ours go;
         # the peer hands them back once we are a ready standby, and we bring them up again (with announcements).
         actions.append(TakeDownOwnPorts())
     return actions
 
 
+def _peer_hosts_ours(obs: Observation) -> bool:
+    return obs.coord.peer is not None and obs.coord.peer.hosts_peer_ports
+
+
 def _own_ports_missing(obs: Observation) -> bool:
     """Our managed portal addresses are not up here, and the peer does not host them for us."""
     managed = obs.spec.port_takeover or obs.spec.own_portals
-    p = obs.coord.peer
-    return managed and not obs.datapath.own_ports_up and not (p is not None and p.hosts_peer_ports)
+    return managed and not obs.datapath.own_ports_up and not _peer_hosts_ours(obs)
 
 
 def _standby_registration(obs: Observation, now: float, timing: Timing) -> list[Action]:

@@ -160,14 +160,13 @@ def _timeline(t0: float, record: dict[str, Any], probe: dict[str, Any]) -> dict[
         base = float(record["at"]) - t0
         phases = {k: round(base + float(v), 3) for k, v in record.get("phases", {}).items()}
     probe_start = datetime.datetime.fromisoformat(probe["started_at"]).timestamp()
-    outage = _outage_after(probe, t0 - probe_start)
-    first_io = None if outage is None or outage.get("first_io_t_s") is None else \
-        round(probe_start + outage["first_io_t_s"] - t0, 3)
+    first_io = first_good_io_after(probe, t0 - probe_start)
     return {
         "phases_s": phases,
         "failover_s": phases.get("active"),
-        "first_good_io_s": first_io,
+        "first_good_io_s": None if first_io is None else round(probe_start + first_io - t0, 3),
         "io_pause_s": probe["io_pause_s"],
+        "io_pause_start_s": round(probe_start + probe["io_pause_start_s"] - t0, 3),
         "io_errors": probe["io_errors"],
         "writes_acknowledged": probe["writes_acknowledged"],
         "writes_lost": probe["writes_lost"],
@@ -177,11 +176,23 @@ def _timeline(t0: float, record: dict[str, Any], probe: dict[str, Any]) -> dict[
     }
 
 
-def _outage_after(probe: dict[str, Any], offset_s: float) -> dict[str, Any] | None:
-    """The first loss the probe saw at or after the fault (50 ms of slack for two processes' clocks)."""
-    for o in probe.get("outages", []):
-        if o["lost_t_s"] >= offset_s - 0.05:
-            return o
+CLOCK_SLACK_S = 0.05  # two processes' wall clocks, read at different instants
+
+
+def first_good_io_after(probe: dict[str, Any], fault_t_s: float) -> float | None:
+    """The probe's time (s from its start) of the first good I/O after the fault's I/O pause, or None.
+
+    The fault's pause is the longest one the probe saw when it began at or after the fault: its end is the
+    first completion after it. A session loss is not the pause: in a planned move the old active cuts the
+    connections and the probe logs in again and completes an I/O on it before the address moves, so the
+    first I/O after the first outage can come long before the real pause.
+    """
+    start, length = float(probe["io_pause_start_s"]), float(probe["io_pause_s"])
+    if length > 0 and start >= fault_t_s - CLOCK_SLACK_S:
+        return start + length
+    for o in probe.get("outages", []):  # the longest pause began before the fault: the first loss after it
+        if o["lost_t_s"] >= fault_t_s - CLOCK_SLACK_S and o.get("first_io_t_s") is not None:
+            return float(o["first_io_t_s"])
     return None
 
 
@@ -206,15 +217,8 @@ def render(result: dict[str, Any]) -> str:
     for title, key, zero in (("UNPLANNED: kill -9 of the active controller", "unplanned", "kill"),
                              ("PLANNED: hactl failover back", "planned", "request")):
         r = result[key]
-        lines += ["", title, f"  t=+0.000 s  {zero}"]
-        for phase, t in sorted(r["phases_s"].items(), key=lambda kv: kv[1]):
-            label = {"detect": "survivor sees the leader znode gone (session expired)" if key == "unplanned"
-                     else "target sees the leader znode released", "claimed": "leader znode + new epoch",
-                     "fenced": "peer fenced", "vips": "VIP up and announced (gratuitous ARPs sent)", "alua": "ALUA AO",
-                     "active": "fully active"}.get(phase, phase)
-            lines.append(f"  t=+{t:.3f} s  {label}")
-        if r["first_good_io_s"] is not None:
-            lines.append(f"  t=+{r['first_good_io_s']:.3f} s  first good I/O at the initiator")
+        lines += ["", title]
+        lines += [f"  t={t:+.3f} s  {label}" for t, label in timeline_events(r, zero, unplanned=key == "unplanned")]
         lines.append(f"  initiator: longest I/O pause {r['io_pause_s']:.3f} s, I/O errors {r['io_errors']}, "
                      f"writes acknowledged {r['writes_acknowledged']}, lost {r['writes_lost']}")
     for key in ("unplanned", "planned"):
@@ -224,6 +228,25 @@ def render(result: dict[str, Any]) -> str:
     lines += ["", f"verdict: {verdict} (I/O ran, no acknowledged write lost, planned switchover without I/O "
               "errors)"]
     return "\n".join(lines)
+
+
+PHASE_LABELS = {"claimed": "leader znode + new epoch", "fenced": "peer fenced", "alua": "ALUA AO",
+                "vips": "VIP up and announced (gratuitous ARPs sent)", "active": "fully active"}
+
+
+def timeline_events(r: dict[str, Any], zero: str, *, unplanned: bool) -> list[tuple[float, str]]:
+    """The timeline's lines as (seconds, label), in time order: the fault, each phase, the initiator's pause."""
+    detect = "survivor sees the leader znode gone (session expired)" if unplanned else \
+        "target sees the leader znode released"
+    events = [(0.0, zero)]
+    events += [(t, detect if phase == "detect" else PHASE_LABELS.get(phase, phase)) for phase, t in
+               r["phases_s"].items()]
+    pause_start = r.get("io_pause_start_s")
+    if pause_start is not None and r["first_good_io_s"] is not None and pause_start >= -CLOCK_SLACK_S:
+        events.append((r["io_pause_start_s"], "last good I/O before the longest pause"))
+    if r["first_good_io_s"] is not None:
+        events.append((r["first_good_io_s"], "first good I/O at the initiator"))
+    return sorted(events, key=lambda e: e[0])
 
 
 def run_demo(lab: Lab, keep: bool, as_json: bool) -> int:

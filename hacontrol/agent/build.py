@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,12 +22,13 @@ from hacontrol.agent import doubles
 from hacontrol.agent.configsync import ConfigSync, sha256
 from hacontrol.agent.connections import ConnectionWatch, tickle_peer
 from hacontrol.agent.execute import Executor
-from hacontrol.agent.loop import Agent, TickReport
+from hacontrol.agent.loop import ROUTINE_ACTIONS, Agent, TickReport
 from hacontrol.agent.observe import Observer
 from hacontrol.agent.protocols import AdapterError, ManagedAddress
 from hacontrol.agent.timeline import Timeline
 from hacontrol.config.schema import Config
-from hacontrol.core.model import Spec
+from hacontrol.core.decide import Plan
+from hacontrol.core.model import Observation, Role, Spec
 from hacontrol.core.timing import Timing
 
 log = structlog.get_logger("hacontrol.agent")
@@ -77,6 +79,7 @@ def build_controller(cfg: Config, node: str, *, doubles: str | None = None, zk_h
     agent = Agent(cfg.timing, observer, executor, timeline=timeline, wake=wake, config_sync=sync)
     executor.on_published = sync.published
     agent.on_tick = lambda report: (metrics.on_tick(report), _notify(notifier, report))
+    agent.on_plan = ready_once(notifier, 2 * cfg.timing.session_timeout_s)
     executor.heartbeat = lambda: notifier.notify("WATCHDOG=1")
     watch = None if doubles else _wire_connections(cfg, node, parts, agent=agent, executor=executor,
                                                        coordinator=coordinator, sync=sync)
@@ -153,6 +156,27 @@ def _wire_capacity(target: Any, metrics: Metrics, sync: ConfigSync) -> None:
         return
     target.on_capacity = lambda r: metrics.on_capacity(r.lun, r.used_ratio, r.threshold_ratio)
     target.on_capacity_crossing = lambda: setattr(sync, "dirty", True)
+
+
+def ready_once(notifier: SystemdNotifier, starting_bound_s: float,
+               clock: Callable[[], float] = time.monotonic) -> Callable[[Observation, Plan], None]:
+    """systemd's READY=1 once the agent has a ZooKeeper session and has decided its role (Agent.on_plan): from
+    then on it stands by or serves. Without a session after ``starting_bound_s`` it is READY all the same (it
+    serves nothing and claims nothing: standing by), so an unreachable ensemble does not become a restart loop.
+    The first plan's own work (building the target, seconds with hundreds of LUNs; a takeover) runs after
+    READY, and STATUS says what it is."""
+    sent = False
+    first = clock()
+
+    def on_plan(_obs: Observation, plan: Plan) -> None:
+        nonlocal sent
+        if sent or (plan.role is Role.STARTING and clock() - first < starting_bound_s):
+            return
+        sent = True
+        doing = [type(a).__name__ for a in plan.actions if type(a).__name__ not in ROUTINE_ACTIONS]
+        notifier.ready(f"{plan.role.value}: {plan.reason.value}" + (f" ({', '.join(doing)})" if doing else ""))
+
+    return on_plan
 
 
 def _notify(notifier: SystemdNotifier, report: TickReport) -> None:

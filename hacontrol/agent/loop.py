@@ -26,7 +26,7 @@ from hacontrol.core.timing import Timing
 
 log = structlog.get_logger("hacontrol.agent")
 
-_ROUTINE = ("Publish", "KickWatchdog")
+ROUTINE_ACTIONS = ("Publish", "KickWatchdog")
 BURST_LIMIT = 8
 REPEAT_LOG_S = 30.0  # a failure that repeats unchanged every tick is logged at info this often
 
@@ -48,6 +48,8 @@ class Agent:
     wake: threading.Event = field(default_factory=threading.Event)
     clock: Callable[[], float] = time.monotonic
     on_tick: Callable[[TickReport], None] | None = None
+    # called with each plan before it runs: the systemd READY=1 goes out on the first (hacontrol.agent.build)
+    on_plan: Callable[[Observation, Plan], None] | None = None
     config_sync: ConfigSync | None = None
     last: TickReport | None = None
     _last_reason: Any = None
@@ -66,6 +68,8 @@ class Agent:
             if self.config_sync.dirty:  # our report changed outside the core's view: make it publish again
                 obs = replace(obs, coord=replace(obs.coord, published=None))
         plan = decide(obs, self.clock(), self.timing)
+        if self.on_plan is not None:
+            self.on_plan(obs, plan)
         results = self.executor.run(plan) if plan.actions else ()
         report = TickReport(obs, plan, results, self.clock() - start)
         self._log(report)
@@ -82,7 +86,7 @@ class Agent:
         while not stop.is_set() and (max_ticks is None or ticks < max_ticks):
             report = self.tick()
             ticks += 1
-            progressed = [r.ok for r in report.results if r.action not in _ROUTINE]
+            progressed = [r.ok for r in report.results if r.action not in ROUTINE_ACTIONS]
             if progressed and all(progressed) and burst < BURST_LIMIT:
                 burst += 1
                 continue
@@ -93,7 +97,7 @@ class Agent:
 
     def _log(self, r: TickReport) -> None:
         c, d = r.observation.coord, r.observation.datapath
-        acting = [a for a in r.results if a.action not in _ROUTINE]
+        acting = [a for a in r.results if a.action not in ROUTINE_ACTIONS]
         changed = r.plan.reason is not self._last_reason
         self._last_reason = r.plan.reason
         failure = tuple((a.action, a.error) for a in r.results if not a.ok)

@@ -25,7 +25,7 @@ import structlog
 from hacontrol import logs
 from hacontrol.adapters.zookeeper import Coordinator, Session
 from hacontrol.agent.build import Controller, build_controller
-from hacontrol.config import DEFAULT_PATH, ConfigError, load
+from hacontrol.config import DEFAULT_PATH, ConfigError, backend, load
 from hacontrol.core.decide import shutdown_plan
 from hacontrol.core.model import SessionState
 
@@ -66,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(args.log_format, args.log_level)
     try:
         cfg = load(args.config)
+        refused = backend.backend_problems(cfg)
+        if refused:
+            raise ConfigError(refused, args.config)
     except ConfigError as exc:
         print(f"hacontrol: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -75,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hacontrol: {exc}", file=sys.stderr)
         return EXIT_NODE
     structlog.contextvars.bind_contextvars(node=node, cluster=cfg.cluster_name)
+    for w in backend.all_warnings(cfg):  # what `hactl config check` warns about, in the agent's own journal
+        log.warning("config_warning", detail=str(w))
     ctl = build_controller(cfg, node, doubles=args.doubles, zk_hosts=args.zk_hosts, config_path=Path(args.config),
                            config_text=Path(args.config).read_text())
     if args.doubles:
@@ -99,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(ctl: Controller, stop: threading.Event, handover_wait_s: float) -> int:
     ctl.session.start_async()
-    ctl.notifier.ready("starting")
+    # READY=1 follows the first decision (build.ready_once): until then systemd shows the unit "activating"
+    ctl.notifier.notify("STATUS=starting: connecting to ZooKeeper")
     log.info("agent_started", timing=ctl.timing.__dict__, backend=ctl.backend)
     try:
         ctl.agent.run(stop)

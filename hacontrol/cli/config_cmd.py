@@ -14,8 +14,7 @@ from typing import Any
 
 from hacontrol.adapters.zookeeper.admin import IntentRefused
 from hacontrol.cli.common import OK, REFUSED, TIMEOUT, USAGE, CliError, admin, emit_json, who
-from hacontrol.config import DEFAULT_PATH, ConfigError, load, loads
-from hacontrol.config.semantics import warnings
+from hacontrol.config import DEFAULT_PATH, ConfigError, backend, load, loads
 
 DIFF_HELP = """Show what applying FILE would change in the configuration distributed through ZooKeeper.
 
@@ -63,7 +62,7 @@ def check(args: argparse.Namespace) -> int:
     path = args.file or args.config or DEFAULT_PATH
     try:
         cfg = load(path)
-        backend_problems = _backend_problems(cfg)
+        backend_problems = backend.backend_problems(cfg)
         if backend_problems:
             raise ConfigError(backend_problems, path)
     except ConfigError as exc:
@@ -73,7 +72,7 @@ def check(args: argparse.Namespace) -> int:
             print(f"{path}: INVALID", file=sys.stderr)
             print(str(exc), file=sys.stderr)
         return USAGE
-    warns = warnings(cfg) + _backend_warnings(cfg)
+    warns = backend.all_warnings(cfg)
     if args.json:
         emit_json({"valid": True, "file": path, "warnings": [_problem(p) for p in warns],
                    "cluster": cfg.cluster_name, "nodes": list(cfg.node_names),
@@ -84,23 +83,6 @@ def check(args: argparse.Namespace) -> int:
         for w in warns:
             print(f"  warning: {w}")
     return OK
-
-
-def _backend_problems(cfg: Any) -> list[Any]:
-    """What the configured backend cannot do, found without touching it (tgt: LUN 0, LUN masking, ...)."""
-    if cfg.backend == "tgt":
-        from hacontrol.adapters.tgt import desired
-
-        return desired.problems(cfg, None)
-    return []
-
-
-def _backend_warnings(cfg: Any) -> list[Any]:
-    if cfg.backend == "tgt":
-        from hacontrol.adapters.tgt import desired
-
-        return desired.warnings(cfg)
-    return []
 
 
 _SECRET_LINE = re.compile(r'^(\s*(?:secret|mutual_secret|password)\s*=\s*)"([^"]*)"', re.MULTILINE)
@@ -125,7 +107,7 @@ def _validated(path: str) -> tuple[Any, str]:
         raise CliError(f"{path}: cannot be read ({exc.strerror})", USAGE) from exc
     try:
         cfg = loads(text, source=path)
-        problems = _backend_problems(cfg)
+        problems = backend.backend_problems(cfg)
         if problems:
             raise ConfigError(problems, path)
     except ConfigError as exc:

@@ -138,3 +138,39 @@ def test_bash_completion_knows_every_verb(tmp_path):
     assert [w for w in complete("lab", "kill", "") if not w.startswith("-")] == ["ctrl-a", "ctrl-b"]
     assert "apply" in complete("config", "")
     assert complete("maintenance", "o") == ["off", "on"]
+
+
+class _Notes:
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    def ready(self, status: str) -> None:
+        self.sent.append(status)
+
+
+def test_ready_goes_out_once_the_role_is_decided_and_before_the_first_plan_runs():
+    from hacontrol.agent.build import ready_once
+    from hacontrol.core.actions import ConfigureTarget, Publish
+    from hacontrol.core.decide import Plan, Reason
+    from hacontrol.core.model import Role
+
+    notes, now = _Notes(), [0.0]
+    on_plan = ready_once(notes, starting_bound_s=4.0, clock=lambda: now[0])  # type: ignore[arg-type]
+    on_plan(None, Plan(Reason.NOT_READY, Role.STARTING))  # type: ignore[arg-type]
+    assert notes.sent == []  # no session yet: not standing by
+    steps = (ConfigureTarget(), Publish(Role.STANDBY, None, frozenset(), False, 0))
+    on_plan(None, Plan(Reason.NOT_READY, Role.STANDBY, steps))  # type: ignore[arg-type]
+    on_plan(None, Plan(Reason.NOT_READY, Role.STANDBY))  # type: ignore[arg-type]
+    assert notes.sent == ["standby: not_ready (ConfigureTarget)"]
+
+
+def test_ready_goes_out_without_a_session_after_the_bound():
+    from hacontrol.agent.build import ready_once
+    from hacontrol.core.decide import Plan, Reason
+    from hacontrol.core.model import Role
+
+    notes, now = _Notes(), [0.0]
+    on_plan = ready_once(notes, starting_bound_s=4.0, clock=lambda: now[0])  # type: ignore[arg-type]
+    now[0] = 4.5
+    on_plan(None, Plan(Reason.NOT_READY, Role.STARTING))  # type: ignore[arg-type]
+    assert notes.sent == ["starting: not_ready"]

@@ -37,9 +37,16 @@ def pick(seed: int, index: int, names: list[str]) -> tuple[Fault, random.Random]
     return CATALOG[rng.choice(sorted(names))], rng
 
 
+# Where the running trial is and what the checker said last: a failed or timed-out test prints it
+# (tests/rig/diagnostics.py).
+CURRENT_TRIAL: dict[str, Any] = {}
+
+
 def run_trial(cluster: Cluster, seed: int, index: int, names: list[str], workdir: Path) -> dict[str, Any]:
     fault, rng = pick(seed, index, names)
     started = time.monotonic()
+    CURRENT_TRIAL.clear()
+    CURRENT_TRIAL.update(seed=seed, index=index, fault=fault.name, step="restore (waiting for a healthy cluster)")
     active = cluster.restore()
     standby = cluster.peer(active)
     epoch_before = cluster.epoch()
@@ -47,16 +54,21 @@ def run_trial(cluster: Cluster, seed: int, index: int, names: list[str], workdir
     probe = Probe(cluster.rig, workdir, f"s{seed}-t{index}").start()
     time.sleep(rng.uniform(2.0, 4.0))
     mark = Mark(fault.name)
+    CURRENT_TRIAL.update(step="fault", active_before=active, epoch_before=epoch_before)
     try:
         fault.run(Ctx(cluster, active, standby, rng), mark)
     except Exception as exc:
         mark.notes.append(f"fault error: {type(exc).__name__}: {exc}")
+    CURRENT_TRIAL.update(step="after the fault: stopping the probe and the monitor", notes=mark.notes)
     time.sleep(3.0)
     rep = probe.stop()
     samples = monitor.stop()
     status = cluster.status()
     epoch_after = int(status.get("epoch", epoch_before))
     verdict = judge(rep, samples, (epoch_before, epoch_after), fault.budget(cluster.session_timeout_s))
+    CURRENT_TRIAL.update(step="judged", violations=verdict.violations, epoch_after=epoch_after,
+                         io_pause_s=rep.get("io_pause_s"), io_errors=rep.get("io_errors"),
+                         last_samples=[vars(x) for x in samples[-6:]])
     return {
         "seed": seed, "index": index, "fault": fault.name, "params": mark.params, "notes": mark.notes,
         "active_before": active, "active_after": (status.get("leader") or {}).get("node"),

@@ -84,7 +84,8 @@ class Cluster:
         return actives[0] if standby.get("role") == "standby" and standby.get("ready") else None
 
     def restore(self, timeout_s: float = 240) -> str:
-        """Heal everything a fault may have left, then wait for one active and a ready standby."""
+        """Heal everything a fault may have left, then wait for one active and a ready standby (the limit
+        stretched by the rig's speed factor)."""
         rig = self.rig
         rig.heal()
         for member in range(1, len(rig.topology.zookeeper.members) + 1):
@@ -92,10 +93,10 @@ class Cluster:
         for node in rig.controllers:
             rig.ensure_running(node)
         for node in rig.controllers:
-            rig.ssh(node, "pkill -CONT -f hacontrol.agent.main; systemctl reset-failed hacontrol.service; "
-                          "systemctl start hacontrol.service", timeout=60)
-        return settle(self.healthy, self._kick, kick_every_s=10, timeout_s=timeout_s, what="the cluster",
-                      detail=self.status)
+            rig.ssh(node, "pkill -CONT -f hacontrol.agent.main", timeout=rig.scaled(30))
+            agents.start_no_wait(rig, node)
+        return settle(self.healthy, self._kick, kick_every_s=rig.scaled(10), timeout_s=rig.scaled(timeout_s),
+                      what="the cluster", detail=self.status)
 
     def _kick(self, remaining_s: float) -> None:
         """A controller that was still rebooting (its hardware watchdog reset it) missed the start in restore(),
@@ -105,8 +106,7 @@ class Cluster:
         for node in self.rig.controllers:
             if node not in live:
                 self.rig.ensure_running(node, timeout=max(30.0, remaining_s))
-                self.rig.ssh(node, "systemctl reset-failed hacontrol.service; systemctl start hacontrol.service",
-                             timeout=30)
+                agents.start_no_wait(self.rig, node)
 
     def history(self) -> list[dict[str, Any]]:
         out = agents.hactl(self.rig, "history", "--json", "--limit", "50", timeout=30)

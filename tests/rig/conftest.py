@@ -21,6 +21,8 @@ sys.path.insert(0, str(VAGRANT_DIR))
 
 from rigctl import Rig, netns  # noqa: E402 - needs the path above
 
+from tests.rig import diagnostics  # noqa: E402
+
 NEEDED_TOOLS = ("qemu-system-x86_64", "qemu-img", "mmdebstrap", "tgtd", "java", "nft", "iscsi-inq", "ssh")
 
 
@@ -35,11 +37,32 @@ def _explicitly_selected(config: pytest.Config) -> bool:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if _explicitly_selected(config):
+        up = Rig()
+        diagnostics.apply_time_limits(items, up.speed_factor if up.state is not None else 1.0)
         return
     skip = pytest.mark.skip(reason="VM rig tests run with `pytest tests/rig` or HACONTROL_RIG_TESTS=1")
     for item in items:
         if "rig" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    diagnostics.mark_start(item)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed rig test (a timeout included) carries the journals, the rig log and the cluster's state."""
+    outcome = yield
+    report = outcome.get_result()
+    if not report.failed or "rig" not in item.keywords or report.when == "teardown":
+        return
+    rig = item.funcargs.get("rig") if hasattr(item, "funcargs") else None
+    rig = rig if rig is not None else Rig(quiet=True)
+    if rig.state is None:
+        return
+    report.sections.append(("rig diagnostics", diagnostics.collect(item, rig)))
 
 
 def _missing_prerequisites() -> list[str]:

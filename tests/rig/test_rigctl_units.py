@@ -179,3 +179,43 @@ def test_a_vm_that_never_answers_is_an_error_naming_it(tmp_path: Path, monkeypat
     rig = ScriptedRig(tmp_path, ["running"], [False])
     with pytest.raises(RigError, match="ctrl-a did not answer ssh within 60 s"):
         rig.ensure_running("ctrl-a", timeout=60)
+
+
+class _TimedGuest:
+    """A guest whose speed probe prints the next of its scripted times."""
+
+    def __init__(self, *times: float) -> None:
+        self.times = list(times)
+
+    def run(self, cmd: str, timeout: float, check: bool) -> subprocess.CompletedProcess[str]:
+        assert "import hacontrol.agent.main" in cmd and timeout > 0
+        return subprocess.CompletedProcess(cmd, 0, stdout=f"noise\n{self.times.pop(0)}\n", stderr="")
+
+
+def test_the_speed_factor_is_the_slower_controllers_best_run_over_the_reference(monkeypatch) -> None:
+    from rigctl import speed
+    from rigctl.proc import NULL_LOG
+
+    monkeypatch.delenv("HACONTROL_RIG_SPEED_FACTOR", raising=False)
+    ref = speed.REFERENCE_S
+    out = speed.measure({"ctrl-a": _TimedGuest(ref * 3, ref * 1.5), "ctrl-b": _TimedGuest(ref * 2.5, ref * 2)},
+                        NULL_LOG)
+    assert out["factor"] == 2.0  # ctrl-b's best run (2 x) is slower than ctrl-a's (1.5 x)
+    fast = speed.measure({"ctrl-a": _TimedGuest(ref / 2, ref / 2)}, NULL_LOG)
+    assert fast["factor"] == 1.0  # a faster host never shortens a limit
+    monkeypatch.setenv("HACONTROL_RIG_SPEED_FACTOR", "3")
+    assert speed.measure({"ctrl-a": _TimedGuest(ref, ref)}, NULL_LOG)["factor"] == 3.0
+    assert speed.scaled(10, 2.5) == 25 and speed.scaled(10, 0.5) == 10
+
+
+def test_a_cpu_limit_is_refused_unless_it_is_a_sensible_number_of_cpus(monkeypatch) -> None:
+    from rigctl import speed
+
+    monkeypatch.delenv("HACONTROL_RIG_CPU_LIMIT", raising=False)
+    assert speed.cpu_limit() is None
+    monkeypatch.setenv("HACONTROL_RIG_CPU_LIMIT", "1.0")
+    assert speed.cpu_limit() == 1.0
+    for bad in ("half", "0", str((os.cpu_count() or 1) + 1)):
+        monkeypatch.setenv("HACONTROL_RIG_CPU_LIMIT", bad)
+        with pytest.raises(RigError, match="HACONTROL_RIG_CPU_LIMIT"):
+            speed.cpu_limit()

@@ -113,7 +113,7 @@ def deploy(rig: Any, text: str) -> None:
     for node in rig.controllers:
         rig.ssh(node, f"install -d -m 0750 /etc/hacontrol && cat > {GUEST_CONFIG} && chmod 0600 {GUEST_CONFIG} && sync",
                 input_text=text, check=True, timeout=60)
-        out = rig.ssh(node, f"/opt/hacontrol/venv/bin/hactl config check {GUEST_CONFIG}", timeout=120)
+        out = rig.ssh(node, f"/opt/hacontrol/venv/bin/hactl config check {GUEST_CONFIG}", timeout=rig.scaled(120))
         if out.returncode != 0:
             raise RigError(f"{node}: the generated configuration is refused:\n{out.stderr.strip()[-2000:]}")
     local = rig.paths.run / "hacontrol.toml"
@@ -121,14 +121,22 @@ def deploy(rig: Any, text: str) -> None:
 
 
 def start(rig: Any) -> None:
+    """Start both agents and wait for their READY (a session and a role); the limit follows the speed factor."""
     for node in rig.controllers:
         rig.ssh(node, "systemctl daemon-reload && systemctl reset-failed hacontrol.service; "
-                      "systemctl start hacontrol.service", check=True, timeout=120)
+                      "systemctl start hacontrol.service", check=True, timeout=rig.scaled(120))
+
+
+def start_no_wait(rig: Any, node: str) -> None:
+    """Ask systemd to start the agent and return at once (a restore polls the cluster's health instead of
+    holding an ssh session open for a start that may queue behind a booting controller's jobs)."""
+    rig.ssh(node, "systemctl reset-failed hacontrol.service; systemctl start --no-block hacontrol.service",
+            timeout=rig.scaled(30))
 
 
 def stop(rig: Any) -> None:
     for node in rig.controllers:
-        rig.ssh(node, "systemctl stop hacontrol.service", timeout=120)
+        rig.ssh(node, "systemctl stop hacontrol.service", timeout=rig.scaled(120))
 
 
 CLEAR_LIO = "python3 -c 'from rtslib_fb import RTSRoot; RTSRoot().clear_existing(confirm=True)'"
@@ -148,11 +156,12 @@ def reset(rig: Any) -> None:
     for node in rig.controllers:
         iface = san_interface(rig, node)
         dels = "; ".join(f"ip addr del {a} dev {iface} 2>/dev/null" for a in addresses)
-        rig.ssh(node, f"{CLEAR_LIO}; {dels}; nft delete table inet hacontrol_lio 2>/dev/null; true", timeout=120)
+        rig.ssh(node, f"{CLEAR_LIO}; {dels}; nft delete table inet hacontrol_lio 2>/dev/null; true",
+                timeout=rig.scaled(120))
     node = rig.controllers[0]
     disks = " ".join(json.dumps(d) for d in _disks(rig))
     rig.ssh(node, f"/opt/hacontrol/venv/bin/python -m hacontrol.adapters.fencing.prtool clear --epoch 1 {disks}",
-            timeout=120)
+            timeout=rig.scaled(120))
 
 
 def hactl(rig: Any, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -11,6 +11,7 @@ A Rig built in a later process picks up the running rig from .rig/state.json.
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
 import subprocess
@@ -18,7 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from . import faults, host, image, netns, nodes, zookeeper
+from . import faults, host, image, netns, nodes, speed, zookeeper
 from .config import Paths, Topology, load_topology
 from .guest import Guest, Ssh
 from .launch_qemu import QemuLauncher
@@ -49,6 +50,18 @@ class Rig:
     def namespace(self) -> str:
         """Run the host-side probe initiator here: `ip netns exec <namespace> ...`."""
         return self.topology.namespace
+
+    @property
+    def speed_factor(self) -> float:
+        """How much slower than the reference machine this host runs the guests (>= 1; see rigctl.speed)."""
+        override = os.environ.get("HACONTROL_RIG_SPEED_FACTOR", "")
+        if override:
+            return max(1.0, float(override))
+        return float(self.state.speed.get("factor", 1.0)) if self.state else 1.0
+
+    def scaled(self, seconds: float) -> float:
+        """A wait on a guest, stretched by the measured speed factor."""
+        return speed.scaled(seconds, self.speed_factor)
 
     @property
     def log_dir(self) -> Path | None:
@@ -192,6 +205,8 @@ class Rig:
         self._mark(state, "zookeeper_quorum", t0)
         self._setup_guests(state, wheel, boot_timeout=BOOT_TIMEOUT_S)
         self._mark(state, "guests_ready", t0)
+        self._measure_speed(state)
+        self._mark(state, "speed_measured", t0)
         state.phase = "up"
         state.up_seconds = round(time.monotonic() - t0, 1)  # image check/build included
         state.save(self.paths.state_file)
@@ -209,6 +224,17 @@ class Rig:
         for name, future in results.items():
             state.guests[name] = future.result()
         state.save(self.paths.state_file)
+
+    def _measure_speed(self, state: RigState) -> None:
+        """The speed factor (rigctl.speed), and the agents' systemd start/stop limits stretched by it."""
+        controllers = [n for n in state.nodes if self.topology.node(n).role == "controller"]
+        state.speed = speed.measure({n: self.guest(n) for n in controllers}, self.log)
+        state.save(self.paths.state_file)
+        dropin = (f"[Service]\nTimeoutStartSec={self.scaled(90):.0f}s\nTimeoutStopSec={self.scaled(30):.0f}s\n")
+        for node in controllers:
+            self.ssh(node, "install -d /etc/systemd/system/hacontrol.service.d && cat > "
+                           "/etc/systemd/system/hacontrol.service.d/rig-speed.conf && systemctl daemon-reload",
+                     input_text=dropin, timeout=self.scaled(60), check=True)
 
     def provision(self) -> dict:
         """Re-install the current checkout into both controllers (and redo the idempotent guest setup)."""
@@ -234,6 +260,7 @@ class Rig:
                 self._stop_launcher(state)
                 host.stop_daemons(state.daemon_objects(), self.log)
             host.sweep_namespace(self.topology, self.log)
+            speed.remove_limit(self.log)
             host.remove_run_files(self.paths, self.log)
             took = round(time.monotonic() - t0, 1)
             self.log("down.done", s=took)
@@ -274,6 +301,7 @@ class Rig:
         return {
             "up": state.phase == "up", "phase": state.phase, "run_id": state.run_id, "launcher": state.launcher,
             "log_dir": state.log_dir, "up_seconds": state.up_seconds, "timings": state.timings, "vms": vms,
+            "speed": {**state.speed, "factor": self.speed_factor}, "cpu_limit": speed.cpu_limit(),
             "daemons": {name: d.alive() for name, d in state.daemon_objects().items()},
             "zookeeper": zookeeper.member_states(self.topology) if netns.exists(self.namespace) else {},
             "faults": [f.describe() for f in state.fault_objects()],
@@ -377,7 +405,7 @@ class Rig:
             faults.apply(state.fault_objects(), self.topology, self.launcher.taps, self.log)
         if wait:
             guest = self.guest(node)
-            guest.wait(BOOT_TIMEOUT_S)
+            guest.wait(self.scaled(BOOT_TIMEOUT_S))
             state.guests[node] = nodes.setup_node(guest, self.topology.node(node), self.topology, None, self.paths)
             state.save(self.paths.state_file)
         self.log("fault.power_on", node=node)
@@ -386,7 +414,7 @@ class Rig:
     def kill_agent(self, node: str) -> str:
         """SIGKILL the processes of hacontrol.service in the guest (systemd may restart it, as configured)."""
         self._require_agent(node)
-        self.ssh(node, "systemctl kill --signal=SIGKILL hacontrol.service", timeout=30, check=True)
+        self.ssh(node, "systemctl kill --signal=SIGKILL hacontrol.service", timeout=self.scaled(30), check=True)
         self.log("fault.kill_agent", node=node)
         return f"killed hacontrol.service on {node}"
 
@@ -409,7 +437,7 @@ class Rig:
         return {"node": node, "frozen_s": round(time.monotonic() - t0, 2)}
 
     def _require_agent(self, node: str) -> None:
-        active = self.ssh(node, "systemctl is-active hacontrol.service", timeout=30).stdout.strip()
+        active = self.ssh(node, "systemctl is-active hacontrol.service", timeout=self.scaled(30)).stdout.strip()
         if active != "active":
             raise RigError(f"hacontrol.service is not running on {node} (systemctl is-active: {active or '?'}); "
                            "nothing to kill or freeze")
@@ -435,13 +463,15 @@ class Rig:
         state.add_daemon(started)
         state.save(self.paths.state_file)
 
-    def ensure_running(self, node: str, timeout: float = BOOT_TIMEOUT_S) -> str:
+    def ensure_running(self, node: str, timeout: float | None = None) -> str:
         """Bring a VM back to where ssh answers: resume it if paused, power it on if off, wait if it reboots.
 
         Under TCG a controller's hardware watchdog can reset it while a peer VM boots beside it, and its peer then
         power-fences the rebooting VM: a single look at the VM state ("running") is not enough, so this looks
         again until ssh answers. Returns what it did: "reachable", "resumed", "powered on" or "waited".
+        The default limit is BOOT_TIMEOUT_S, scaled by the speed factor.
         """
+        timeout = self.scaled(BOOT_TIMEOUT_S) if timeout is None else timeout
         deadline = time.monotonic() + timeout
         did = "reachable"
         while True:
@@ -460,7 +490,8 @@ class Rig:
             time.sleep(2.0)
 
     def wait_ssh(self, node: str, timeout: float = 60) -> float:
-        return wait_until(f"ssh to {node}", lambda: self.guest(node).reachable(), timeout=timeout, interval=1.0)
+        return wait_until(f"ssh to {node}", lambda: self.guest(node).reachable(), timeout=self.scaled(timeout),
+                          interval=1.0)
 
 
 def _copy_tree(source: Path, destination: Path) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from . import netns
+from . import netns, speed
 from .config import Node, Paths, Topology
 from .image import GuestImage
 from .proc import NULL_LOG, Daemon, EventLog, RigError, run, spawn, stop, wait_until
@@ -91,6 +91,9 @@ class QemuLauncher:
         daemon = spawn(f"qemu-{node.name}", self.command(node), log_file=self.log_dir / f"qemu-{node.name}.log",
                        netns=self.topology.namespace, log=self.log)
         self.daemons[node.name] = daemon
+        limit = speed.cpu_limit()
+        if limit is not None:  # a slower host on purpose (HACONTROL_RIG_CPU_LIMIT): every VM in one quota
+            speed.limit_processes([daemon.pid], limit, self.log)
         wait_until(f"QMP socket of {node.name}", (self.vm_dir(node) / "qmp.sock").exists, timeout=30,
                    interval=0.1)
         return daemon

@@ -31,6 +31,7 @@ class RigState:
     daemons: dict[str, dict] = field(default_factory=dict)
     guests: dict[str, dict] = field(default_factory=dict)  # per node: jbod disks, hacontrol version
     faults: list[dict] = field(default_factory=list)
+    speed: dict = field(default_factory=dict)  # speed.measure(): the factor every wait on a guest is scaled by
 
     def add_daemon(self, daemon: Daemon) -> None:
         self.daemons[daemon.name] = daemon.to_json()

@@ -144,16 +144,17 @@ def crash_mid_takeover(c: Ctx, m: Mark) -> None:
     """The standby will die right after fencing (before ALUA/VIPs); then the active is powered off.
 
     The crashed agent held the hardware watchdog, so its controller is reset ~2 s later (as it should be: an
-    active that stops running its agent must not keep serving). For the rest of the trial the agent is enabled
-    at boot, as on a production controller, so the rebooted standby rejoins and takes over: that second takeover
-    is what the trial's budget (2-3 epochs) expects. The rig leaves the agent disabled otherwise.
+    active that stops running its agent must not keep serving). The rig's agents are enabled at boot while they
+    run (rigctl.agents), as on a production controller, so the rebooted standby rejoins and takes over: that
+    second takeover is what the trial's budget (2-3 epochs) expects. The crash drop-in lives in /run: the
+    reboot removes it.
     """
     drop_in = f"[Service]\nEnvironment=HACONTROL_FAULT_CRASH_AFTER=FencePeer HACONTROL_FAULT_CRASH_ONCE={CRASH_ONCE}\n"
     boot_id = "cat /proc/sys/kernel/random/boot_id"
     boot_before = c.rig.ssh(c.standby, boot_id, check=True, timeout=30).stdout.strip()
     c.rig.ssh(c.standby, f"rm -f {CRASH_ONCE}; mkdir -p $(dirname {CRASH_DROPIN}) && cat > {CRASH_DROPIN} && "
-                         "systemctl daemon-reload && systemctl enable --quiet hacontrol.service && sync && "
-                         "systemctl restart hacontrol.service", input_text=drop_in, check=True, timeout=120)
+                         "systemctl daemon-reload && sync && systemctl restart hacontrol.service",
+              input_text=drop_in, check=True, timeout=120)
     try:
         for _ in range(120):
             if c.cluster.healthy() == c.active:
@@ -164,8 +165,7 @@ def crash_mid_takeover(c: Ctx, m: Mark) -> None:
         c.wait_active(c.standby, 10 * c.s + 60)
     finally:
         c.rig.ensure_running(c.standby)
-        c.rig.ssh(c.standby, f"rm -f {CRASH_DROPIN}; systemctl daemon-reload; "
-                             "systemctl disable --quiet hacontrol.service; sync", timeout=60)
+        c.rig.ssh(c.standby, f"rm -f {CRASH_DROPIN}; systemctl daemon-reload", timeout=60)
     boot_after = c.rig.ssh(c.standby, boot_id, timeout=30).stdout.strip()
     crashed = "1" in c.rig.ssh(c.standby, f"test -e {CRASH_ONCE} && echo 1", timeout=30).stdout
     if boot_after and boot_after != boot_before:

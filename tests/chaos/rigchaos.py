@@ -100,8 +100,8 @@ class Cluster:
 
     def _kick(self, remaining_s: float) -> None:
         """A controller that was still rebooting (its hardware watchdog reset it) missed the start in restore(),
-        or its peer power-fenced it meanwhile; the agent is not enabled at boot in the rig, so bring the VM back
-        if needed and start the agent again (idempotent)."""
+        or its peer power-fenced it meanwhile (a fenced VM stays off): bring the VM back if needed and start
+        the agent again (idempotent; it is also enabled at boot)."""
         live = {n["node"] for n in self.status().get("nodes", []) if n.get("live_session")}
         for node in self.rig.controllers:
             if node not in live:

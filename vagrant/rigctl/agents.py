@@ -120,23 +120,30 @@ def deploy(rig: Any, text: str) -> None:
     local.write_text(text)
 
 
+# While the rig's agents are meant to run they are enabled at boot, as on a production controller: a controller
+# its hardware watchdog reset (TCG starvation) or that was power-fenced and powered on comes back with its agent.
+# Stopped (agents.stop, agents.reset: tests that drive LIO and the shelf themselves) they are disabled again.
+ENABLE = "systemctl enable --quiet hacontrol.service"
+
+
 def start(rig: Any) -> None:
     """Start both agents and wait for their READY (a session and a role); the limit follows the speed factor."""
     for node in rig.controllers:
-        rig.ssh(node, "systemctl daemon-reload && systemctl reset-failed hacontrol.service; "
+        rig.ssh(node, f"systemctl daemon-reload && {ENABLE} && systemctl reset-failed hacontrol.service; "
                       "systemctl start hacontrol.service", check=True, timeout=rig.scaled(120))
 
 
 def start_no_wait(rig: Any, node: str) -> None:
     """Ask systemd to start the agent and return at once (a restore polls the cluster's health instead of
     holding an ssh session open for a start that may queue behind a booting controller's jobs)."""
-    rig.ssh(node, "systemctl reset-failed hacontrol.service; systemctl start --no-block hacontrol.service",
+    rig.ssh(node, f"{ENABLE}; systemctl reset-failed hacontrol.service; systemctl start --no-block hacontrol.service",
             timeout=rig.scaled(30))
 
 
 def stop(rig: Any) -> None:
     for node in rig.controllers:
-        rig.ssh(node, "systemctl stop hacontrol.service", timeout=rig.scaled(120))
+        rig.ssh(node, "systemctl disable --quiet hacontrol.service; systemctl stop hacontrol.service",
+                timeout=rig.scaled(120))
 
 
 CLEAR_LIO = "python3 -c 'from rtslib_fb import RTSRoot; RTSRoot().clear_existing(confirm=True)'"

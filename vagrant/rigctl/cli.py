@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -76,7 +77,10 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if os.geteuid() != 0:
-        print("vagrant/rig needs root (namespaces, bridges, tgtd, libvirtd)", file=sys.stderr)
+        if shutil.which("sudo"):  # a user with sudo: run again as root, environment kept (as the .ci scripts do)
+            os.execvp("sudo", ["sudo", "-E", sys.executable, sys.argv[0], *sys.argv[1:]])
+        print("vagrant/rig needs root (namespaces, bridges, tgtd, libvirtd) and sudo is not installed: "
+              "run it as root", file=sys.stderr)
         return 2
     try:
         return _dispatch(args)

@@ -21,6 +21,7 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +79,10 @@ def config_text(rig: Any, *, port_takeover: bool = True, timing: dict[str, float
         lines.append("")
     hosts = ", ".join(json.dumps(f"{m}:{topo.zookeeper.client_port}") for m in topo.zookeeper.members)
     lines += ["[zookeeper]", f"hosts = [{hosts}]", 'chroot = "/hacontrol/rig"', "", "[timing]"]
-    lines += [f"{k} = {v}" for k, v in {**TIMING, **(timing or {})}.items()]
+    # A controller that finds no peer waits startup_grace_s before it claims alone (and power-fences the absent
+    # peer): on a slower host the peer's start takes longer, so the grace follows the speed factor.
+    grace = {"startup_grace_s": round(rig.scaled(TIMING["startup_grace_s"]), 1)}
+    lines += [f"{k} = {v}" for k, v in {**TIMING, **grace, **(timing or {})}.items()]
     lines += ["", "[[vip]]", f'address = "{_addr(rig, VIP_HOST)}"', f'interface = "{iface}"', "",
               "[[target]]", f'iqn = "{IQN}"', f'allowed_networks = ["{topo.networks["san"].cidr}"]']
     for lun, disk in enumerate(disks):
@@ -127,10 +131,15 @@ ENABLE = "systemctl enable --quiet hacontrol.service"
 
 
 def start(rig: Any) -> None:
-    """Start both agents and wait for their READY (a session and a role); the limit follows the speed factor."""
-    for node in rig.controllers:
-        rig.ssh(node, f"systemctl daemon-reload && {ENABLE} && systemctl reset-failed hacontrol.service; "
-                      "systemctl start hacontrol.service", check=True, timeout=rig.scaled(120))
+    """Start both agents at once, as a cluster's controllers boot, and wait for their READY (a session and a
+    role); the limit follows the speed factor. One after the other, the first agent's start grace could run out
+    before the second had a session, and the first would then claim alone and power-fence its peer mid-start."""
+    cmd = (f"systemctl daemon-reload && {ENABLE} && systemctl reset-failed hacontrol.service; "
+           "systemctl start hacontrol.service")
+    with ThreadPoolExecutor(max_workers=len(rig.controllers)) as pool:
+        starts = [pool.submit(rig.ssh, node, cmd, check=True, timeout=rig.scaled(120)) for node in rig.controllers]
+        for started in starts:
+            started.result()
 
 
 def start_no_wait(rig: Any, node: str) -> None:

@@ -143,6 +143,7 @@ class SystemdNotifier:
         self.path = socket_path if socket_path is not None else os.environ.get("NOTIFY_SOCKET", "")
         usec = os.environ.get("WATCHDOG_USEC", "")
         self.watchdog_s = int(usec) / 1e6 if usec.isdigit() else None
+        self.ready_sent = False
 
     @property
     def enabled(self) -> bool:
@@ -157,9 +158,17 @@ class SystemdNotifier:
 
     def ready(self, status: str) -> None:
         self.notify(f"READY=1\nSTATUS={status}")
+        self.ready_sent = True
 
     def alive(self, status: str) -> None:
-        self.notify(f"WATCHDOG=1\nSTATUS={status}")
+        """Each tick: kick systemd's watchdog and say what we do; before READY=1, only the status (the unit's
+        watchdog starts with READY, and a kick before it would claim a liveness nobody asked for yet)."""
+        self.notify(f"WATCHDOG=1\nSTATUS={status}" if self.ready_sent else f"STATUS={status}")
+
+    def kick(self) -> None:
+        """Kick systemd's watchdog mid-tick (a long fence), once READY=1 went out."""
+        if self.ready_sent:
+            self.notify("WATCHDOG=1")
 
     def stopping(self, takes_s: float | None = None) -> None:
         """Say we are stopping; with ``takes_s``, also stretch systemd's watchdog to cover a hand-over that long.

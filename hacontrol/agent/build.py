@@ -80,7 +80,7 @@ def build_controller(cfg: Config, node: str, *, doubles: str | None = None, zk_h
     executor.on_published = sync.published
     agent.on_tick = lambda report: (metrics.on_tick(report), _notify(notifier, report))
     agent.on_plan = ready_once(notifier, 2 * cfg.timing.session_timeout_s)
-    executor.heartbeat = lambda: notifier.notify("WATCHDOG=1")
+    executor.heartbeat = notifier.kick
     watch = None if doubles else _wire_connections(cfg, node, parts, agent=agent, executor=executor,
                                                        coordinator=coordinator, sync=sync)
     executor.publish_extra = lambda: {**_publish_extra(agent), **sync.report(), **_capacity_extra(parts["target"]),

@@ -33,11 +33,14 @@ def test_agent_sends_ready_then_watchdog_keepalives(zk_ensemble, zk_chroot, tmp_
     pair = AgentPair(zk_ensemble, zk_chroot, tmp_path / "pair")
     try:
         pair.start(NODES[0], env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "2000000"})
-        messages = [sock.recv(4096).decode() for _ in range(6)]
-        # READY only once the agent has decided its role, and nothing kicks systemd's watchdog before it
+        messages = [sock.recv(4096).decode() for _ in range(8)]
+        # READY only once the agent has decided its role; before it only STATUS lines, no watchdog kick
+        ready = next((i for i, m in enumerate(messages) if m.startswith("READY=1")), None)
+        assert ready is not None, messages
         assert messages[0] == "STATUS=starting: connecting to ZooKeeper"
-        assert messages[1].startswith("READY=1\nSTATUS=") and "STATUS=starting" not in messages[1], messages
-        assert all(m.startswith("WATCHDOG=1") for m in messages[2:]), messages
+        assert all(m.startswith("STATUS=starting") for m in messages[:ready]), messages
+        assert "STATUS=starting" not in messages[ready], messages
+        assert all(m.startswith("WATCHDOG=1") for m in messages[ready + 1:]), messages
         pair.stop()
         tail = []
         sock.settimeout(2)

@@ -58,10 +58,15 @@ def test_notifier_sends_ready_and_watchdog_to_the_notify_socket(tmp_path):
     sock.settimeout(2)
     try:
         n = SystemdNotifier(path)
-        n.ready("starting")
+        n.alive("starting: no_session")
+        n.kick()  # before READY=1: no watchdog kick at all
+        n.ready("standby: standby")
         n.alive("active: active")
-        assert sock.recv(4096).decode() == "READY=1\nSTATUS=starting"
+        n.kick()
+        assert sock.recv(4096).decode() == "STATUS=starting: no_session"
+        assert sock.recv(4096).decode() == "READY=1\nSTATUS=standby: standby"
         assert sock.recv(4096).decode() == "WATCHDOG=1\nSTATUS=active: active"
+        assert sock.recv(4096).decode() == "WATCHDOG=1"
     finally:
         sock.close()
     assert not SystemdNotifier("").enabled

@@ -149,8 +149,12 @@ class FakeTransport:
 
 
 class Clock:
+    """A clock the test moves by hand. It starts at the real monotonic time: the adapter bounds each call by
+    both the deadline it is given (``soon()``, real time) and its own clock, so the two must agree at the
+    start (a fixed start such as 1000.0 fails on a machine up for less than that)."""
+
     def __init__(self):
-        self.now = 1000.0
+        self.now = time.monotonic()
 
     def __call__(self) -> float:
         return self.now

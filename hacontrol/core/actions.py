@@ -22,10 +22,14 @@ class FenceMode(Enum):
     PLANNED: the peer handed over cooperatively; take its disk keys away
     (persistent-reservation preempt) but never power it off.
     UNPLANNED: the peer vanished; run every configured method in order.
+    CONFIRM_DEAD: the peer went silent on the peer link while ZooKeeper still
+    names it leader (fast takeover); power it off first, and only if a power
+    method confirms it off, take its disk keys away.
     """
 
     PLANNED = "planned"
     UNPLANNED = "unplanned"
+    CONFIRM_DEAD = "confirm_dead"
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,16 @@ class ClaimLeadership(Action):
 
 
 @dataclass(frozen=True)
+class TakeOverLeadership(Action):
+    """Fast takeover, after FenceDeadPeer confirmed ``stale_node`` off: in one ZooKeeper multi guarded by the
+    epoch counter's version, delete the dead peer's leader znode (its session has not expired yet), create ours
+    and advance the epoch from ``expected_epoch``. A claimer with a stale view fails as a whole."""
+
+    expected_epoch: int
+    stale_node: str
+
+
+@dataclass(frozen=True)
 class ReleaseLeadership(Action):
     """Delete the leader znode if our session owns it (planned hand-off only)."""
 
@@ -66,6 +80,15 @@ class FencePeer(Action):
     lease_bound: ClassVar[bool] = True
     epoch: int
     mode: FenceMode
+
+
+@dataclass(frozen=True)
+class FenceDeadPeer(Action):
+    """Fast takeover, before claiming: power the silent peer off (confirmed), then fence the disks under
+    ``epoch`` (the one the claim will create). Not lease-bound (we hold no lease yet); the executor refuses it
+    while we have promised the peer, over the link, not to fence or claim."""
+
+    epoch: int
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,7 @@ The rules, each a test in ``tests/unit``:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from enum import Enum
+from dataclasses import replace
 
 from hacontrol.core.actions import (
     Action,
@@ -37,6 +36,7 @@ from hacontrol.core.actions import (
     ClaimLeadership,
     ConfigureTarget,
     DisarmWatchdog,
+    FenceDeadPeer,
     FenceMode,
     FencePeer,
     FinishSwitchover,
@@ -49,71 +49,26 @@ from hacontrol.core.actions import (
     RemoveVips,
     SetAlua,
     TakeDownOwnPorts,
+    TakeOverLeadership,
 )
 from hacontrol.core.model import AluaState, Observation, PeerReport, Role, SessionState
+from hacontrol.core.peer import (
+    Advert,
+    advert,
+    carried_over,
+    failsafe_until,
+    fast_takeover_due,
+    peer_active_on_link,
+    peer_standing_by,
+    promised,
+)
+from hacontrol.core.plan import SAFETY_REASONS, Blocker, Plan, Reason
+from hacontrol.core.publish import report, with_publish
 from hacontrol.core.timing import Timing
 
 AO = AluaState.ACTIVE_OPTIMIZED
 STANDBY = AluaState.STANDBY
 TRANSITIONING = AluaState.TRANSITIONING
-
-
-class Reason(Enum):
-    """Why a plan is what it is. Stable names: logs, metrics and tests use them."""
-
-    # stepping down (safety: these run even in maintenance mode)
-    NO_SESSION = "no_session"
-    LEASE_EXPIRED = "lease_expired"
-    SUPERSEDED = "superseded"
-    KEY_LOST = "key_lost"
-    UNFENCED_SERVING = "unfenced_serving"
-    # holding
-    SUSPENDED_HOLDING = "suspended_holding"
-    # standby
-    STANDBY = "standby"
-    ALIGNING = "aligning"
-    NOT_READY = "not_ready"
-    WAITING_FOR_SWITCHOVER = "waiting_for_switchover"
-    CLAIMING = "claiming"
-    STARTUP_WAIT = "startup_wait"
-    # leader
-    FENCING = "fencing"
-    FENCE_BACKOFF = "fence_backoff"
-    PROMOTING = "promoting"
-    ACTIVE = "active"
-    HANDING_OFF = "handing_off"
-    STORAGE_LOST = "storage_lost"
-    SWITCHOVER_REFUSED = "switchover_refused"
-    # operator
-    MAINTENANCE = "maintenance"
-    SHUTDOWN = "shutdown"
-
-
-SAFETY_REASONS = frozenset(
-    {Reason.NO_SESSION, Reason.LEASE_EXPIRED, Reason.SUPERSEDED, Reason.KEY_LOST, Reason.UNFENCED_SERVING}
-)
-
-
-class Blocker(Enum):
-    """Why this agent could not take over automatically if the active failed right now."""
-
-    NO_QUORUM = "zookeeper session not connected"
-    MAINTENANCE = "maintenance mode is on"
-    STORAGE_NOT_VISIBLE = "shared disks not visible on this controller"
-    NOT_CONFIGURED = "target configuration not applied on this controller"
-    FENCING_NOT_CONFIGURED = "no fencing method configured for the peer"
-    SESSION_TIMEOUT_MISMATCH = "ZooKeeper granted a shorter session than timing.session_timeout_s"
-    SWITCHOVER_PENDING = "a switchover to the peer is pending"
-
-
-@dataclass(frozen=True)
-class Plan:
-    reason: Reason
-    role: Role
-    actions: tuple[Action, ...] = ()
-    lease_valid_until: float | None = None
-    frozen: tuple[Action, ...] = ()  # what maintenance mode kept from running
-    blockers: tuple[Blocker, ...] = ()
 
 
 def decide(obs: Observation, now: float, timing: Timing) -> Plan:
@@ -125,8 +80,15 @@ def decide(obs: Observation, now: float, timing: Timing) -> Plan:
         frozen = tuple(a for a in plan.actions if a not in kept)
         if frozen:
             plan = replace(plan, reason=Reason.MAINTENANCE, actions=kept, frozen=frozen)
-    plan = replace(plan, blockers=failover_blockers(obs, timing))
-    return _with_publish(plan, obs)
+    plan = replace(plan, blockers=failover_blockers(obs, timing, now))
+    return with_publish(plan, obs)
+
+
+def link_advert(obs: Observation, plan: Plan, now: float, timing: Timing) -> Advert:
+    """What the peer link says about us after this plan (the agent loop and the model set it every tick)."""
+    claiming = any(isinstance(a, ClaimLeadership | FenceDeadPeer | TakeOverLeadership) for a in plan.actions)
+    return advert(obs, role=plan.role, lease_valid_until=plan.lease_valid_until, claiming=claiming, now=now,
+                  timing=timing)
 
 
 def lease_valid_until(obs: Observation, timing: Timing) -> float | None:
@@ -144,6 +106,9 @@ def lease_valid_until(obs: Observation, timing: Timing) -> float | None:
 def _decide(obs: Observation, now: float, timing: Timing) -> Plan:
     until = lease_valid_until(obs, timing)
     if until is None or now >= until:
+        failsafe = failsafe_until(obs, timing)
+        if failsafe is not None and now < failsafe:
+            return _failsafe(obs, now, timing, failsafe)
         return _not_leading(obs, now, timing, until)
     if obs.coord.session is not SessionState.CONNECTED:
         # Suspended within the deadline: keep what we have, start nothing, no kicks.
@@ -168,12 +133,30 @@ def _not_leading(obs: Observation, now: float, timing: Timing, until: float | No
             actions.append(TakeDownOwnPorts())
         return Plan(Reason.NO_SESSION, Role.STARTING if c.lease_confirmed_at is None else Role.STANDBY,
                     tuple(actions))
-    actions.extend(_standby_alignment(obs))
+    actions.extend(_standby_alignment(obs, now, timing))
     aligning = bool(actions)
+    if fast_takeover_due(obs, now, timing) and not _claim_blockers(obs, timing):
+        # ZooKeeper still names the silent peer: power it off (confirmed), fence, then claim in one multi
+        return Plan(Reason.FAST_TAKEOVER, Role.CANDIDATE,
+                    (*actions, FenceDeadPeer(c.epoch + 1), TakeOverLeadership(c.epoch, obs.peer)))
     actions.extend(_standby_registration(obs, now, timing))
     if c.leader is not None:
         return Plan(Reason.ALIGNING if aligning else Reason.STANDBY, Role.STANDBY, tuple(actions))
     return _maybe_claim(obs, now, timing, tuple(actions))
+
+
+def _failsafe(obs: Observation, now: float, timing: Timing, until: float) -> Plan:
+    """ZooKeeper cannot confirm our lease, the peer's promise can: keep serving, start nothing new. The
+    watchdog is kicked on a fresh promise as it is on a fresh lease. Once ZooKeeper answers again with our
+    leader znode gone (the session expired meanwhile), lead again under a new epoch without stepping down."""
+    c = obs.coord
+    actions: list[Action] = []
+    confirmed = obs.link.promise_confirmed_at
+    if obs.watchdog_armed and confirmed is not None and now - confirmed <= timing.kick_window_s:
+        actions.append(KickWatchdog())
+    if c.session is SessionState.CONNECTED and c.leader is None:
+        actions.append(ClaimLeadership(c.epoch))
+    return Plan(Reason.FAILSAFE, _leader_role(obs), tuple(actions), until)
 
 
 def _session_lapsing(obs: Observation, now: float, timing: Timing) -> bool:
@@ -222,13 +205,15 @@ def _mirror(peer: PeerReport | None, leader_is_peer: bool) -> AluaState:
     return peer.own_alua if peer.own_alua in (AO, TRANSITIONING) else STANDBY
 
 
-def _standby_alignment(obs: Observation) -> list[Action]:
+def _standby_alignment(obs: Observation, now: float, timing: Timing) -> list[Action]:
     """A standby keeps every LUN mapped and reports Standby; it mirrors the active's group state."""
     d, c = obs.datapath, obs.coord
     actions: list[Action] = []
     if obs.spec.alua and d.own_group is not None:
         leader_is_peer = c.leader is not None and c.leader.node == obs.peer
         want_peer = _mirror(c.peer, leader_is_peer)
+        if c.peer is None and peer_active_on_link(obs, now, timing):
+            want_peer = AO  # the peer serves without ZooKeeper (failsafe): keep REPORT TARGET PORT GROUPS true
         if d.own_group != STANDBY or d.peer_group != want_peer:
             actions.append(SetAlua(own=STANDBY, peer=want_peer))
     if _own_ports_missing(obs):
@@ -266,6 +251,9 @@ def _standby_registration(obs: Observation, now: float, timing: Timing) -> list[
 
 def _maybe_claim(obs: Observation, now: float, timing: Timing, actions: tuple[Action, ...]) -> Plan:
     c = obs.coord
+    if promised(obs, now):
+        # The active serves on our promise while ZooKeeper cannot reach it; claiming now could make two actives
+        return Plan(Reason.PROMISED, Role.STANDBY, actions)
     if not c.peer_seen and c.connected_since is not None and now - c.connected_since < timing.startup_grace_s:
         # Just started and never saw the peer: give it time to show up, so that two controllers booting
         # together hand over the planned way instead of the first one powering the other off.
@@ -274,15 +262,19 @@ def _maybe_claim(obs: Observation, now: float, timing: Timing, actions: tuple[Ac
     if (intent is not None and intent.state == "pending" and intent.target == obs.peer
             and now < intent.deadline and c.peer is not None):
         return Plan(Reason.WAITING_FOR_SWITCHOVER, Role.STANDBY, actions)
-    # Maintenance is applied by decide() itself, so that the frozen claim is reported.
-    ignored = (Blocker.SWITCHOVER_PENDING, Blocker.MAINTENANCE)
-    blockers = [b for b in failover_blockers(obs, timing) if b not in ignored]
-    planned = _peer_handed_over(obs)
-    if planned:
+    blockers = _claim_blockers(obs, timing)
+    if _peer_handed_over(obs, now, timing):
         blockers = [b for b in blockers if b is not Blocker.FENCING_NOT_CONFIGURED]
     if blockers:
         return Plan(Reason.NOT_READY, Role.STANDBY, actions)
     return Plan(Reason.CLAIMING, Role.CANDIDATE, (*actions, ClaimLeadership(c.epoch)))
+
+
+def _claim_blockers(obs: Observation, timing: Timing) -> list[Blocker]:
+    """What keeps us from claiming now. Maintenance is applied by decide() itself (so the frozen claim is
+    reported), a pending switchover is handled by the caller, and a promise is checked on its own."""
+    ignored = (Blocker.SWITCHOVER_PENDING, Blocker.MAINTENANCE, Blocker.PROMISED)
+    return [b for b in failover_blockers(obs, timing) if b not in ignored]
 
 
 def _timeout_too_short(obs: Observation, timing: Timing) -> bool:
@@ -290,7 +282,8 @@ def _timeout_too_short(obs: Observation, timing: Timing) -> bool:
     return granted is not None and granted < timing.session_timeout_s * 0.99
 
 
-def failover_blockers(obs: Observation, timing: Timing | None = None) -> tuple[Blocker, ...]:
+def failover_blockers(obs: Observation, timing: Timing | None = None, now: float | None = None
+                      ) -> tuple[Blocker, ...]:
     """Why this agent could not take over automatically now (empty: it could)."""
     c, s, d = obs.coord, obs.storage, obs.datapath
     found: list[Blocker] = []
@@ -309,6 +302,8 @@ def failover_blockers(obs: Observation, timing: Timing | None = None) -> tuple[B
     intent = c.switchover
     if intent is not None and intent.state == "pending" and intent.target == obs.peer:
         found.append(Blocker.SWITCHOVER_PENDING)
+    if now is not None and promised(obs, now):
+        found.append(Blocker.PROMISED)
     return tuple(found)
 
 
@@ -341,7 +336,7 @@ def _leading(obs: Observation, now: float, timing: Timing, until: float) -> Plan
         if fenced_before and not still_ours:
             plan = _step_down_plan(obs, Reason.KEY_LOST)
             return replace(plan, actions=(*plan.actions, ReleaseLeadership(epoch)), lease_valid_until=until)
-        if not fenced_before:
+        if not fenced_before and not carried_over(obs, epoch):
             return replace(_step_down_plan(obs, Reason.UNFENCED_SERVING), lease_valid_until=until)
     if _storage_lost(obs, now, timing):
         # I/O through us would fail at the disks: hand over to the standby that still sees them.
@@ -354,11 +349,12 @@ def _leading(obs: Observation, now: float, timing: Timing, until: float) -> Plan
     return _takeover(obs, now, timing, head, until)
 
 
-def _peer_handed_over(obs: Observation) -> bool:
-    """The peer is alive and says it serves nothing: a planned hand-over, no power fencing."""
+def _peer_handed_over(obs: Observation, now: float, timing: Timing) -> bool:
+    """The peer is alive and says it serves nothing: a planned hand-over, no power fencing. Without a member
+    report (its session expired, e.g. in a ZooKeeper outage both lived through) the peer link can say so."""
     p = obs.coord.peer
     if p is None:
-        return False
+        return peer_standing_by(obs, now, timing)
     return not p.vips and not p.hosts_peer_ports and (p.own_alua is None or not p.own_alua.accepts_io)
 
 
@@ -382,7 +378,7 @@ def _takeover(obs: Observation, now: float, timing: Timing, head: list[Action], 
         last = s.last_fence
         if last is not None and last.epoch == epoch and not last.ok and now - last.at < timing.fence_retry_s:
             return Plan(Reason.FENCE_BACKOFF, Role.PROMOTING, tuple(actions), until)
-        mode = FenceMode.PLANNED if _peer_handed_over(obs) else FenceMode.UNPLANNED
+        mode = FenceMode.PLANNED if _peer_handed_over(obs, now, timing) else FenceMode.UNPLANNED
         actions.append(FencePeer(epoch, mode))
         reason = Reason.FENCING
     want_peer = AO if d.peer_ports_hosted else STANDBY
@@ -393,9 +389,9 @@ def _takeover(obs: Observation, now: float, timing: Timing, head: list[Action], 
     if missing:
         # After a hand-over the peer itself reported the addresses gone: skip the duplicate-address wait,
         # every millisecond between its removal and our announcement can cost an initiator a SYN timeout.
-        actions.append(AddVips(frozenset(missing), check_duplicates=not _peer_handed_over(obs)))
+        actions.append(AddVips(frozenset(missing), check_duplicates=not _peer_handed_over(obs, now, timing)))
         reason = Reason.FENCING if reason is Reason.FENCING else Reason.PROMOTING
-    actions.extend(_port_moves(obs, epoch))
+    actions.extend(_port_moves(obs, epoch, now, timing))
     if _own_ports_missing(obs):
         # e.g. leading again after a quorum loss, during which we gave our portals up. After the peer's port
         # moves: a failing duplicate-address check here must not hold up adopting a dead peer's portals.
@@ -411,16 +407,26 @@ def _takeover(obs: Observation, now: float, timing: Timing, head: list[Action], 
     return Plan(reason, role, tuple(actions), until)
 
 
-def _port_moves(obs: Observation, epoch: int) -> list[Action]:
+def _port_moves(obs: Observation, epoch: int, now: float, timing: Timing) -> list[Action]:
     """Port takeover: adopt a dead peer's portals once it is fenced; hand them back when it is ready."""
     if not obs.spec.port_takeover:
         return []
     p, d = obs.coord.peer, obs.datapath
-    if p is None and not d.peer_ports_hosted:
+    if not d.peer_ports_hosted and _peer_gone(obs, epoch, now, timing):
         return [AdoptPeerPorts(epoch)]
     if p is not None and d.peer_ports_hosted and p.ready and p.role is Role.STANDBY:
         return [ReleasePeerPorts()]
     return []
+
+
+def _peer_gone(obs: Observation, epoch: int, now: float, timing: Timing) -> bool:
+    """The peer's portals are ours to adopt: its session ended (and the link does not hear it standing by), or
+    we powered it off for this very epoch (a fast takeover: its member znode lingers until its session
+    expires)."""
+    if obs.coord.peer is None:
+        return not peer_standing_by(obs, now, timing)
+    record = obs.storage.last_fence
+    return record is not None and record.ok and record.epoch == epoch and record.power_confirmed
 
 
 def _handle_switchover(obs: Observation, now: float, head: list[Action], until: float) -> Plan | None:
@@ -446,7 +452,7 @@ def _hand_over(obs: Observation, until: float, handed_off: str, reason: Reason) 
     actions.extend(_step_down_actions(obs, TRANSITIONING))
     if obs.spec.alua and obs.datapath.own_group is not None:
         actions.append(SetAlua(own=STANDBY, peer=STANDBY))
-    actions.append(_report(obs, Role.STANDBY, STANDBY if obs.spec.alua else None, frozenset(),
+    actions.append(report(obs, Role.STANDBY, STANDBY if obs.spec.alua else None, frozenset(),
                            handed_off=handed_off))
     actions.append(ReleaseLeadership(obs.coord.epoch))
     if obs.watchdog_armed:
@@ -475,7 +481,7 @@ def shutdown_plan(obs: Observation) -> Plan:
         actions.append(SetAlua(own=STANDBY, peer=STANDBY))
     leading = c.leader is not None and c.leader.ours and c.leader.node == obs.node
     if c.session is SessionState.CONNECTED:
-        actions.append(_report(obs, Role.STANDBY, STANDBY if obs.spec.alua else None, frozenset(),
+        actions.append(report(obs, Role.STANDBY, STANDBY if obs.spec.alua else None, frozenset(),
                                handed_off="shutdown"))
         if leading:
             actions.append(ReleaseLeadership(c.leader.epoch))
@@ -500,44 +506,3 @@ def _switchover_refusal(obs: Observation, now: float) -> str:
     if p.role is not Role.STANDBY:
         return f"{obs.peer} is {p.role.value}, not standby"
     return ""
-
-
-# --- publishing ------------------------------------------------------------------------------
-
-
-def _report(obs: Observation, role: Role, own_alua: AluaState | None, vips: frozenset[str], *,
-            handed_off: str | None = None, plan: Plan | None = None) -> Publish:
-    s, d, c = obs.storage, obs.datapath, obs.coord
-    return Publish(
-        role=role,
-        own_alua=own_alua,
-        vips=vips,
-        ready=s.visible and d.configured,
-        epoch_seen=c.epoch,
-        handed_off=handed_off,
-        hosts_peer_ports=d.peer_ports_hosted,
-        maintenance_seen=c.maintenance.enabled,
-        reason=plan.reason.value if plan else Reason.HANDING_OFF.value,
-        blockers=tuple(b.value for b in plan.blockers) if plan else (),
-        frozen=tuple(a.name for a in plan.frozen) if plan else (),
-    )
-
-
-def _with_publish(plan: Plan, obs: Observation) -> Plan:
-    """Append a Publish of what we are now, unless the plan already publishes or nothing changed."""
-    if obs.coord.session is not SessionState.CONNECTED:
-        return plan
-    if any(isinstance(a, Publish) for a in plan.actions):
-        return plan
-    mine = _report(obs, plan.role, obs.datapath.own_group, obs.datapath.vips, plan=plan)
-    pub = obs.coord.published
-    if pub is not None and _same_report(pub, mine):
-        return plan
-    return replace(plan, actions=(*plan.actions, mine))
-
-
-def _same_report(pub: PeerReport, mine: Publish) -> bool:
-    return (pub.role, pub.own_alua, pub.vips, pub.ready, pub.epoch_seen, pub.handed_off,
-            pub.hosts_peer_ports, pub.maintenance_seen, pub.reason, pub.blockers, pub.frozen) == (
-        mine.role, mine.own_alua, mine.vips, mine.ready, mine.epoch_seen, mine.handed_off,
-        mine.hosts_peer_ports, mine.maintenance_seen, mine.reason, mine.blockers, mine.frozen)

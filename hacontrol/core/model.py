@@ -133,6 +133,9 @@ class Coordination:
     granted_timeout_s: float | None = None  # the session timeout the servers granted (None: unknown)
     connected_since: float | None = None  # when this agent process first reached ZooKeeper
     peer_seen: bool = True  # this agent process has seen the peer's member znode at least once
+    # When this agent last saw the peer's alive znode change (the leader rewrites it every tick): the leader's
+    # heartbeat through ZooKeeper, which a fast takeover also requires to have stopped. None: never seen.
+    peer_alive_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -190,6 +193,39 @@ class DataPath:
 
 
 @dataclass(frozen=True)
+class PeerLinkView:
+    """The direct peer link (authenticated UDP heartbeats on every configured path), as last heard here.
+
+    ``heard`` holds, per path, when this agent last accepted a heartbeat from the peer there (None: never).
+    ``leading_epoch`` is the epoch under which the peer last said it leads (0: never heard it lead).
+    ``promise_confirmed_at`` is the *send* time of our newest heartbeat that the peer answered with a promise
+    not to claim or fence (it plays for the failsafe the part ``lease_confirmed_at`` plays for ZooKeeper: the
+    peer promised ``session_timeout_s`` from a moment no earlier than this one). ``promised_until`` is how long
+    we ourselves promised the peer not to claim or fence.
+    """
+
+    heard: tuple[float | None, ...] = ()
+    peer_role: Role | None = None
+    peer_epoch: int = 0
+    peer_serving: bool = False
+    leading_epoch: int = 0
+    promise_confirmed_at: float | None = None
+    promised_until: float | None = None
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.heard)
+
+    @property
+    def last_heard(self) -> float | None:
+        times = [t for t in self.heard if t is not None]
+        return max(times) if times else None
+
+    def paths_alive(self, now: float, dead_after_s: float) -> int:
+        return sum(1 for t in self.heard if t is not None and now - t < dead_after_s)
+
+
+@dataclass(frozen=True)
 class Spec:
     """The static part of the configuration that decisions depend on."""
 
@@ -204,6 +240,8 @@ class Spec:
     standby_registers: bool = True
     on_key_lost: str = "standby"  # standby | reboot
     announce_every_s: float = 0.0  # periodic re-announcement of held VIPs (0: only when claimed)
+    fast_takeover: bool = False  # peer link: power off a silent active and take over before its session expires
+    failsafe: bool = False  # peer link: an active without ZooKeeper keeps serving while the peer promises
 
 
 @dataclass(frozen=True)
@@ -215,6 +253,7 @@ class Observation:
     storage: Storage
     datapath: DataPath
     watchdog_armed: bool = False
+    link: PeerLinkView = PeerLinkView()
 
     @property
     def node(self) -> str:

@@ -30,6 +30,8 @@ class Timing:
     switchover_timeout_s: float = 30.0
     startup_grace_s: float = 5.0
     storage_grace_s: float = 1.0
+    heartbeat_interval_s: float = 0.1  # peer link: one heartbeat per path this often
+    peer_dead_after_s: float = 0.3  # peer link: silence on every path for this long counts as a dead peer
 
     @property
     def watchdog_timeout_s(self) -> float:
@@ -101,8 +103,23 @@ class Timing:
                 "a kick may come loop_interval_s + operation_timeout_s after the lease was confirmed, so the "
                 "watchdog could outlive the session by that much",
                 f"set it to at least {round(self.kick_window_s, 3)}"))
+        p.extend(self._link_relations(prefix))
         if self.switchover_timeout_s <= s:
             p.append(Problem(f"{prefix}.switchover_timeout_s", self.switchover_timeout_s,
                              "a switchover must be allowed longer than one session timeout",
                              f"set it above {s}, e.g. {max(30.0, 4 * s)}"))
+        return p
+
+    def _link_relations(self, prefix: str) -> list[Problem]:
+        p: list[Problem] = []
+        if self.peer_dead_after_s < 2 * self.heartbeat_interval_s:
+            p.append(Problem(f"{prefix}.peer_dead_after_s", self.peer_dead_after_s,
+                             "one lost heartbeat would count as a dead peer (and power it off)",
+                             f"set it to at least {round(2 * self.heartbeat_interval_s, 3)} (2 heartbeats), "
+                             f"e.g. {round(3 * self.heartbeat_interval_s, 3)}"))
+        if self.heartbeat_interval_s * 3 > self.demote_deadline_s:
+            p.append(Problem(f"{prefix}.heartbeat_interval_s", self.heartbeat_interval_s,
+                             "fewer than three heartbeats fit in demote_deadline_s: the failsafe could not renew the "
+                             "peer's promise before it runs out",
+                             f"set it to at most {round(self.demote_deadline_s / 3, 3)}"))
         return p

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from hacontrol.adapters.peerlink.protocol import LinkState
 from hacontrol.core import actions as A
-from hacontrol.core.decide import Plan, decide
+from hacontrol.core.decide import Plan, decide, link_advert
 from hacontrol.core.model import (
     AluaState,
     Coordination,
@@ -21,6 +22,7 @@ from hacontrol.core.model import (
     Leader,
     Maintenance,
     Observation,
+    PeerLinkView,
     PeerReport,
     SessionState,
     Spec,
@@ -28,6 +30,7 @@ from hacontrol.core.model import (
     SwitchoverIntent,
 )
 from hacontrol.core.timing import Timing
+from hacontrol.simulation.link import KEY, PATHS, LinkNet
 from hacontrol.simulation.world import Coordinator, Disk, Intent, ReservationConflict, key_parts, pr_key
 
 STANDBY = AluaState.STANDBY
@@ -45,6 +48,9 @@ class Profile:
     port_takeover: bool = False
     disks: int = 2
     boot_s: float = 5.0
+    peer_link: bool = False  # heartbeats between the agents (hacontrol.adapters.peerlink)
+    fast_takeover: bool = False  # needs peer_link and power_fencing
+    failsafe: bool = False  # needs peer_link
 
 
 @dataclass
@@ -81,6 +87,9 @@ class Controller:
     last_results: list[tuple[str, bool]] = field(default_factory=list)
     connected_since: float | None = None
     peer_seen: bool = False
+    link: LinkState | None = None
+    link_sent_at: float = float("-inf")
+    peer_alive: tuple[tuple[int, int] | None, float | None] = (None, None)  # (znode version, first seen at)
 
     def forget(self) -> None:
         """The agent process ends: everything it remembered is gone."""
@@ -94,6 +103,9 @@ class Controller:
         self.last_results = []
         self.connected_since = None
         self.peer_seen = False
+        self.link = None
+        self.link_sent_at = float("-inf")
+        self.peer_alive = (None, None)
 
     def power_off(self) -> None:
         self.powered = False
@@ -121,6 +133,8 @@ class Cluster:
         self.log: list[tuple[float, str, str]] = []
         self.checks: list = []  # callables run after every tick and environment step (invariants)
         self._intent_seq = 0
+        self.net = LinkNet()
+        self._incarnation = 0
 
     # --- helpers --------------------------------------------------------------------------
 
@@ -131,7 +145,8 @@ class Cluster:
         p = self.profile
         return Spec(node=c.name, peer=self.peer_of(c.name).name, vips=frozenset({VIP}), alua=p.alua,
                     fencing_configured=p.pr or p.power_fencing, power_fencing=p.power_fencing,
-                    port_takeover=p.port_takeover)
+                    port_takeover=p.port_takeover, fast_takeover=p.peer_link and p.fast_takeover,
+                    failsafe=p.peer_link and p.failsafe)
 
     # --- time -----------------------------------------------------------------------------
 
@@ -148,6 +163,7 @@ class Cluster:
         while self.now < end - 1e-9:
             self.now = min(end, self.now + step)
             self._environment()
+            self._link_deliver()
             self._check()
             pending: tuple[Controller, Plan, int] | None = None
             for i, name in enumerate(order):
@@ -169,6 +185,7 @@ class Cluster:
                 self.execute(c, plan, start=done)
                 c.started = True
                 self._check()
+            self._link_send()
 
     def _burst(self, c: Controller, limit: int = 6) -> None:
         """Tick, and tick again at once while the last plan made progress (as the real loop does)."""
@@ -178,6 +195,33 @@ class Cluster:
             progressed = [ok for (name, ok) in c.last_results if name not in ("Publish", "KickWatchdog")]
             if not progressed or not all(progressed):
                 return
+
+    def _link_deliver(self) -> None:
+        def can_read(name: str) -> bool | None:
+            c = self.nodes[name]
+            if not (c.powered and c.agent_running and c.link is not None):
+                return None
+            return c.frozen_until is None or self.now >= c.frozen_until
+
+        def receive(name: str, path: int, data: bytes) -> None:
+            c = self.nodes[name]
+            assert c.link is not None
+            reply = c.link.receive(data, path, self.now)
+            if reply is not None:
+                self.net.send(self.peer_of(name).name, path, reply, self.now)
+
+        self.net.deliver(self.now, can_read, receive)
+
+    def _link_send(self) -> None:
+        """Each running agent's link thread: a heartbeat on every path once per heartbeat interval."""
+        for c in self.nodes.values():
+            if c.link is None or not self._runs(c):
+                continue
+            if self.now - c.link_sent_at < self.timing.heartbeat_interval_s - 1e-9:
+                continue
+            c.link_sent_at = self.now
+            for path in range(PATHS):
+                self.net.send(self.peer_of(c.name).name, path, c.link.heartbeat(path, self.now), self.now)
 
     def _runs(self, c: Controller) -> bool:
         return c.powered and c.agent_running and (c.frozen_until is None or self.now >= c.frozen_until)
@@ -203,9 +247,15 @@ class Cluster:
     # --- one agent tick ---------------------------------------------------------------------
 
     def tick(self, c: Controller, stop_after: int | None = None) -> Plan:
+        if self.profile.peer_link and c.link is None:
+            self._incarnation += 1  # a new agent process: a new incarnation, sequence numbers from 1
+            c.link = LinkState(c.node_id, self.peer_of(c.name).node_id, PATHS, KEY, self._incarnation,
+                               promise_s=self.timing.session_timeout_s, min_promise_s=self.timing.session_timeout_s)
         obs = self.observe(c)
         plan = decide(obs, self.now, self.timing)
         c.last_plan = plan
+        if c.link is not None:
+            c.link.advertise(link_advert(obs, plan, self.now, self.timing))
         self.execute(c, plan, stop=stop_after)
         if stop_after is None or len(plan.actions) <= stop_after:
             c.started = True
@@ -215,7 +265,8 @@ class Cluster:
         self._observe_coordination(c)
         assert c.view is not None
         return Observation(spec=self.spec(c), coord=c.view, storage=self._storage(c), datapath=self._datapath(c),
-                           watchdog_armed=c.watchdog_armed)
+                           watchdog_armed=c.watchdog_armed,
+                           link=c.link.view() if c.link is not None else PeerLinkView())
 
     def _observe_coordination(self, c: Controller) -> None:
         zk = self.zk
@@ -235,6 +286,13 @@ class Cluster:
         if c.session_id is None:
             c.session_id = zk.open_session(self.now)
         zk.touch(c.session_id, self.now)
+        if c.view is not None and c.view.leader is not None and c.view.leader.ours:
+            zk.touch_alive(c.name, c.session_id)
+        seen = zk.alive_znodes.get(self.peer_of(c.name).name)
+        if seen is None:
+            c.peer_alive = (None, None)
+        elif seen != c.peer_alive[0]:
+            c.peer_alive = (seen, self.now)
         c.session_state = SessionState.CONNECTED
         c.lease_confirmed_at = self.now
         leader = None
@@ -253,7 +311,8 @@ class Cluster:
         c.view = Coordination(SessionState.CONNECTED, self.now, leader, zk.epoch, peer[1] if peer else None,
                               intent, Maintenance(zk.maintenance),
                               mine[1] if mine and mine[0] == c.session_id else None,
-                              connected_since=c.connected_since, peer_seen=c.peer_seen)
+                              connected_since=c.connected_since, peer_seen=c.peer_seen,
+                              peer_alive_at=c.peer_alive[1])
 
     def _storage(self, c: Controller) -> Storage:
         if not self.profile.pr:
@@ -308,8 +367,26 @@ class Cluster:
     def _zk_ok(self, c: Controller) -> bool:
         return c.zk_reachable and self.zk.alive(c.session_id)
 
+    def _promise_holds(self, c: Controller) -> bool:
+        """As the executor does before claiming or fencing: no new promise from now on; an old one binds."""
+        return c.link is not None and c.link.stop_promising(self.now) is not None
+
     def _do_ClaimLeadership(self, c: Controller, a: A.ClaimLeadership) -> bool:
+        if self._promise_holds(c):
+            return False
         return self._zk_ok(c) and self.zk.claim(c.name, c.session_id or 0, a.expected_epoch, self.now)
+
+    def _do_TakeOverLeadership(self, c: Controller, a: A.TakeOverLeadership) -> bool:
+        return self._zk_ok(c) and self.zk.take_over(c.name, c.session_id or 0, a.expected_epoch, a.stale_node,
+                                                    self.now)
+
+    def _do_FenceDeadPeer(self, c: Controller, a: A.FenceDeadPeer) -> bool:
+        """As hacontrol.adapters.fencing does in CONFIRM_DEAD mode: power off (confirmed) first, then the disks."""
+        if self._promise_holds(c) or not self.profile.power_fencing:
+            return False
+        ok = self._power_fence(c) and (not self.profile.pr or self._fence_pr(c, a.epoch))
+        c.last_fence = FenceRecord(a.epoch, ok, self.now, power_confirmed=ok)
+        return ok
 
     def _do_ReleaseLeadership(self, c: Controller, a: A.ReleaseLeadership) -> bool:
         return self._zk_ok(c) and self.zk.release(c.session_id or 0, a.epoch)
@@ -327,6 +404,8 @@ class Cluster:
             elif not self.profile.pr:
                 ok = False  # nothing could fence a vanished peer
         c.last_fence = FenceRecord(a.epoch, ok, self.now, power_confirmed=power)
+        if ok and self.serving(c):
+            c.promoted_epoch = a.epoch  # fenced again while serving (a failsafe active leading anew)
         return ok
 
     def _fence_pr(self, c: Controller, epoch: int) -> bool:
@@ -489,6 +568,7 @@ class Cluster:
                 c.powered, c.boot_at = True, None
             c.agent_running = True
         self.zk.maintenance = False
+        self.net.heal()
         if self.zk.switchover is not None and self.zk.switchover.state == "pending":
             self.zk.switchover.state = "refused"
 

@@ -106,6 +106,12 @@ def liveness_bound_s(timing: Timing) -> float:
             + timing.standby_settle_s + timing.startup_grace_s + 10 * timing.loop_interval_s)
 
 
+def liveness_bound_with_link_s(timing: Timing) -> float:
+    """With the peer link's failsafe, a standby may still be bound by a promise (one session timeout) when the
+    faults stop."""
+    return liveness_bound_s(timing) + timing.session_timeout_s
+
+
 def fully_active(cl: Cluster) -> list[str]:
     """Controllers that lead, serve every address, and (with ALUA) present their group AO."""
     out = []

@@ -50,6 +50,7 @@ class Coordinator:
     leader: tuple[str, int, int] | None = None  # node, epoch, owner session
     epoch: int = 0
     members: dict[str, tuple[int, PeerReport]] = field(default_factory=dict)  # node -> (owner session, report)
+    alive_znodes: dict[str, tuple[int, int]] = field(default_factory=dict)  # node -> (owner session, version)
     switchover: Intent | None = None
     maintenance: bool = False
     _next_session: int = 1
@@ -85,6 +86,14 @@ class Coordinator:
         for node, (owner, _) in list(self.members.items()):
             if owner == s.session_id:
                 del self.members[node]
+        for node, (owner, _) in list(self.alive_znodes.items()):
+            if owner == s.session_id:
+                del self.alive_znodes[node]
+
+    def touch_alive(self, node: str, sid: int) -> None:
+        """The leader's heartbeat through ZooKeeper: rewrite its ephemeral alive znode (a new version)."""
+        owner, version = self.alive_znodes.get(node, (sid, 0))
+        self.alive_znodes[node] = (sid, version + 1 if owner == sid else 1)
 
     def alive(self, sid: int | None) -> bool:
         return sid is not None and sid in self.sessions and self.sessions[sid].alive
@@ -92,6 +101,17 @@ class Coordinator:
     def claim(self, node: str, sid: int, expected_epoch: int, now: float) -> bool:
         """Create the leader znode and advance the epoch, both or neither (a ZooKeeper multi)."""
         if not self.alive(sid) or self.leader is not None or self.epoch != expected_epoch:
+            return False
+        self.epoch += 1
+        self.leader = (node, self.epoch, sid)
+        self.history.append((now, node, self.epoch))
+        return True
+
+    def take_over(self, node: str, sid: int, expected_epoch: int, stale_node: str, now: float) -> bool:
+        """Delete a stale leader znode, create ours and advance the epoch, all or nothing (one multi)."""
+        if not self.alive(sid) or self.epoch != expected_epoch:
+            return False
+        if self.leader is not None and (self.leader[0] != stale_node or self.leader[1] != expected_epoch):
             return False
         self.epoch += 1
         self.leader = (node, self.epoch, sid)

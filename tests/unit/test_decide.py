@@ -338,6 +338,22 @@ def test_shutdown_of_the_active_hands_over_in_order():
     assert plan.actions[3].handed_off == "shutdown"
 
 
+def test_a_hand_over_report_never_claims_the_peers_portals_it_releases_first():
+    """Seen in the rig: stopping an active that still hosted its peer's portals (just rejoined, not yet handed
+    back) published "hosts_peer_ports" with its hand-off, and the peer power-fenced it as a dead controller."""
+    from hacontrol.core.decide import shutdown_plan
+
+    o = with_datapath(with_spec(active(), port_takeover=True), peer_ports_hosted=True)
+    plan = shutdown_plan(o)
+    names_ = [a.name for a in plan.actions]
+    assert names_.index("ReleasePeerPorts") < names_.index("Publish")
+    publish = next(a for a in plan.actions if isinstance(a, A.Publish))
+    assert publish.handed_off == "shutdown" and not publish.hosts_peer_ports
+    switchover = with_coord(o, switchover=intent("b"))
+    publish = next(a for a in decide(switchover, NOW, T).actions if isinstance(a, A.Publish))
+    assert publish.handed_off == "i1" and not publish.hosts_peer_ports
+
+
 def test_shutdown_of_a_standby_only_publishes():
     from hacontrol.core.decide import shutdown_plan
 

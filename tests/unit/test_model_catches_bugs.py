@@ -12,12 +12,15 @@ import dataclasses
 import pytest
 from hypothesis import Phase, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import run_state_machine_as_test
+from hypothesis.stateful import initialize, rule, run_state_machine_as_test
 
 import hacontrol.core.decide as core
-from hacontrol.core.model import AluaState, SessionState
-from hacontrol.simulation.cluster import Profile
-from tests.unit.test_model_statemachine import LeaseAlone, TwoControllers
+from hacontrol.adapters.peerlink.protocol import LinkState
+from hacontrol.core.model import AluaState, FenceRecord, SessionState
+from hacontrol.core.timing import Timing
+from hacontrol.simulation.cluster import Cluster, Profile
+from hacontrol.simulation.invariants import SAFETY
+from tests.unit.test_model_statemachine import TIMINGS, LeaseAlone, PeerLinkOn, TwoControllers
 
 
 class HandoverRaces(LeaseAlone):
@@ -43,6 +46,59 @@ class HandoverRaces(LeaseAlone):
     def break_fence_device(self, node: str, broken: bool) -> None: ...
 
     def maintenance(self, on: bool) -> None: ...
+
+
+class LinkRaces(PeerLinkOn):
+    """The peer link on, and only the faults its two uses must survive: freezes, ZooKeeper partitions, crashes
+    and cut or lossy paths. With or without a hardware watchdog and power fencing (a fast takeover needs power),
+    since either of those alone can hide a broken rule."""
+
+    profiles = st.builds(lambda power, watchdog: Profile(
+        pr=True, alua=True, power_fencing=power, hardware_watchdog=watchdog, peer_link=True, fast_takeover=power,
+        failsafe=True), power=st.booleans(), watchdog=st.booleans())
+
+    def power_cycle(self, node: str) -> None: ...
+
+    def lose_disk_path(self, node: str, cut: bool) -> None: ...
+
+    def break_fence_device(self, node: str, broken: bool) -> None: ...
+
+    def maintenance(self, on: bool) -> None: ...
+
+    def switchover(self, to: str) -> None: ...
+
+    def duplicate_link(self, on: bool) -> None: ...
+
+    def cut_link_path(self, path: int, cut: bool) -> None: ...
+
+    def lossy_link_path(self, path: int, loss: float, seed: int) -> None: ...
+
+    def delay_link_path(self, path: int, factor: float) -> None: ...
+
+    def replay_link(self, count: int) -> None: ...
+
+    @rule(cut=st.booleans())
+    def cut_link(self, cut: bool) -> None:
+        """Every path at once (the broken rules need the link gone, and one rule finds that sooner than two)."""
+        for p in self.cl.net.paths:
+            p.cut = cut
+
+
+class FailsafeRaces(LinkRaces):
+    """LinkRaces with neither a hardware watchdog nor power fencing (either would hide a broken failsafe: the
+    watchdog resets the partitioned active, power fencing switches it off), with the peer link already cut, so
+    what is left to find is a ZooKeeper partition of the active and a wait."""
+
+    profiles = st.just(Profile(pr=True, alua=True, power_fencing=False, hardware_watchdog=False, peer_link=True,
+                               fast_takeover=False, failsafe=True))
+
+    @initialize(data=st.data(), timing=TIMINGS)
+    def start(self, data: st.DataObject, timing: Timing) -> None:
+        self.cl = Cluster(timing, data.draw(self.profiles, label="profile"))
+        self.cl.checks.extend(SAFETY)
+        self.cl.advance(1.0)
+        for path in self.cl.net.paths:
+            path.cut = True
 
 
 HUNT = settings(max_examples=1000, stateful_step_count=30, deadline=None, derandomize=True,
@@ -102,3 +158,36 @@ def test_handing_over_before_stepping_down_is_caught(monkeypatch):
 
     monkeypatch.setattr(core, "_handle_switchover", eager)
     _hunt(HandoverRaces, examples=1000)
+
+
+def test_failsafe_without_the_peers_promise_is_caught(monkeypatch):
+    """An active that keeps serving without ZooKeeper whether or not the peer promised anything."""
+    def reckless(obs, timing):
+        record = obs.storage.last_fence
+        if not obs.spec.failsafe or not obs.datapath.serving or record is None or not record.ok:
+            return None
+        return (obs.coord.lease_confirmed_at or record.at) + 3600
+
+    monkeypatch.setattr(core, "failsafe_until", reckless)
+    message = _hunt(FailsafeRaces, examples=300)
+    assert "refuse its writes" in message or "two writers" in message
+
+
+def test_a_standby_that_breaks_its_promise_is_caught(monkeypatch):
+    """A standby that claims although it promised the active (serving without ZooKeeper) not to."""
+    monkeypatch.setattr(core, "promised", lambda obs, now: False)
+    monkeypatch.setattr(LinkState, "stop_promising", lambda self, now: None)
+    message = _hunt(LinkRaces, examples=300)
+    assert "refuse its writes" in message or "two writers" in message
+
+
+def test_a_fast_takeover_that_fences_the_disks_only_is_caught(monkeypatch):
+    """Why a fast takeover needs a confirmed power-off: a peer whose agent is only frozen still serves from its
+    kernel, and once its keys are gone initiators get RESERVATION CONFLICT from it."""
+    def disks_only(self, c, a):
+        ok = self._fence_pr(c, a.epoch)
+        c.last_fence = FenceRecord(a.epoch, ok, self.now, power_confirmed=ok)
+        return ok
+
+    monkeypatch.setattr(Cluster, "_do_FenceDeadPeer", disks_only)
+    assert "refuse its writes" in _hunt(LinkRaces, examples=300)

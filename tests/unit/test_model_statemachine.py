@@ -16,16 +16,18 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from hacontrol.core.timing import Timing
 from hacontrol.simulation.cluster import Cluster, Profile
-from hacontrol.simulation.invariants import SAFETY, fully_active, liveness_bound_s
+from hacontrol.simulation.invariants import SAFETY, fully_active, liveness_bound_s, liveness_bound_with_link_s
+from hacontrol.simulation.link import PATHS
 
 NODES = st.sampled_from(["a", "b"])
 
+# The model sends heartbeats once per step at most, so each timing's heartbeat interval is its loop interval.
 TIMINGS = st.sampled_from([
     Timing(),
     Timing(session_timeout_s=4.0, loop_interval_s=0.2, demote_deadline_s=2.0, watchdog_margin_s=0.6,
-           operation_timeout_s=0.4),
+           operation_timeout_s=0.4, heartbeat_interval_s=0.2, peer_dead_after_s=0.6),
     Timing(session_timeout_s=1.0, loop_interval_s=0.05, demote_deadline_s=0.5, watchdog_margin_s=0.2,
-           operation_timeout_s=0.1),
+           operation_timeout_s=0.1, heartbeat_interval_s=0.05, peer_dead_after_s=0.15),
 ])
 
 PROFILES = st.builds(
@@ -35,7 +37,11 @@ PROFILES = st.builds(
     power_fencing=st.booleans(),
     hardware_watchdog=st.booleans(),
     port_takeover=st.booleans(),
-).filter(lambda p: (p.pr or p.power_fencing) and (p.alua or not p.port_takeover))
+    peer_link=st.booleans(),
+    fast_takeover=st.booleans(),
+    failsafe=st.booleans(),
+).filter(lambda p: (p.pr or p.power_fencing) and (p.alua or not p.port_takeover)
+         and (p.power_fencing or not p.fast_takeover))
 
 
 # Each protection layer must be safe on its own, so besides any mix of them the
@@ -46,6 +52,12 @@ LEASE_ALONE = st.builds(Profile, pr=st.just(True), alua=st.booleans(), power_fen
                         hardware_watchdog=st.just(False), port_takeover=st.just(False))
 POWER_ALONE = st.builds(Profile, pr=st.just(False), alua=st.just(False), power_fencing=st.just(True),
                         hardware_watchdog=st.just(False), port_takeover=st.just(False))
+# The peer link on, with both of its uses, over any protection mix that allows a fast takeover.
+WITH_LINK = st.builds(Profile, pr=st.booleans(), alua=st.booleans(), power_fencing=st.just(True),
+                      hardware_watchdog=st.booleans(), port_takeover=st.booleans(), peer_link=st.just(True),
+                      fast_takeover=st.just(True), failsafe=st.just(True)
+                      ).filter(lambda p: p.alua or not p.port_takeover)
+PATH = st.integers(0, PATHS - 1)
 
 
 class TwoControllers(RuleBasedStateMachine):
@@ -94,6 +106,28 @@ class TwoControllers(RuleBasedStateMachine):
     def break_fence_device(self, node: str, broken: bool) -> None:
         self.cl.nodes[node].fence_device_ok = not broken
 
+    @rule(path=PATH, cut=st.booleans())
+    def cut_link_path(self, path: int, cut: bool) -> None:
+        self.cl.net.paths[path].cut = cut
+
+    @rule(path=PATH, loss=st.sampled_from([0.0, 0.1, 0.5, 0.9]), seed=st.integers(0, 2**16))
+    def lossy_link_path(self, path: int, loss: float, seed: int) -> None:
+        self.cl.net.paths[path].loss = loss
+        self.cl.net.rng.seed(seed)
+
+    @rule(path=PATH, factor=st.sampled_from([0.0, 0.5, 1.0, 3.0]))
+    def delay_link_path(self, path: int, factor: float) -> None:
+        """Late heartbeats: a fraction or a multiple of the time after which silence means dead."""
+        self.cl.net.paths[path].delay_s = factor * self.cl.timing.peer_dead_after_s
+
+    @rule(on=st.booleans())
+    def duplicate_link(self, on: bool) -> None:
+        self.cl.net.duplicate = on
+
+    @rule(count=st.integers(1, 20))
+    def replay_link(self, count: int) -> None:
+        self.cl.net.replay(count, self.cl.now)
+
     @rule(to=NODES)
     def switchover(self, to: str) -> None:
         self.cl.request_switchover(to)
@@ -107,7 +141,7 @@ class TwoControllers(RuleBasedStateMachine):
         """Liveness: with every fault healed, exactly one controller is active within the bound, and stays."""
         cl = self.cl
         cl.quiesce()
-        bound = liveness_bound_s(cl.timing)
+        bound = liveness_bound_with_link_s(cl.timing) if cl.profile.failsafe else liveness_bound_s(cl.timing)
         cl.advance(bound)
         active = fully_active(cl)
         assert len(active) == 1, (f"t={cl.now:.2f}: {len(active)} fully active controllers {bound:.2f}s after the "
@@ -123,14 +157,34 @@ class TwoControllers(RuleBasedStateMachine):
             assert len(owners) <= 1
 
 
-class LeaseAlone(TwoControllers):
+class WithoutLink(TwoControllers):
+    """Profiles without the peer link: its faults would be no-op steps (redefining a rule's method without
+    @rule removes that rule from this machine)."""
+
+    def cut_link_path(self, path: int, cut: bool) -> None: ...
+
+    def lossy_link_path(self, path: int, loss: float, seed: int) -> None: ...
+
+    def delay_link_path(self, path: int, factor: float) -> None: ...
+
+    def duplicate_link(self, on: bool) -> None: ...
+
+    def replay_link(self, count: int) -> None: ...
+
+
+class LeaseAlone(WithoutLink):
     profiles = LEASE_ALONE
 
 
-class PowerFencingAlone(TwoControllers):
+class PowerFencingAlone(WithoutLink):
     profiles = POWER_ALONE
+
+
+class PeerLinkOn(TwoControllers):
+    profiles = WITH_LINK
 
 
 TestAnyProtectionMix = TwoControllers.TestCase
 TestLeaseAlone = LeaseAlone.TestCase
 TestPowerFencingAlone = PowerFencingAlone.TestCase
+TestPeerLinkOn = PeerLinkOn.TestCase

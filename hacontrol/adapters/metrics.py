@@ -6,12 +6,13 @@ Served on ``metrics.listen`` (default 127.0.0.1:9475) by prometheus_client's own
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from hacontrol.core.decide import Blocker
+from hacontrol.core.decide import Blocker, Reason
 from hacontrol.core.model import Role, SessionState
 
 log = structlog.get_logger("hacontrol.metrics")
@@ -44,6 +45,12 @@ class Metrics:
                                buckets=PHASE_BUCKETS, registry=r)
         self.step_down = Histogram("hacontrol_step_down_seconds", "time to stop serving, by reason", ["reason"],
                                    buckets=PHASE_BUCKETS, registry=r)
+        self.failsafe = Gauge("hacontrol_failsafe", "1 while this controller serves without ZooKeeper on the peer's "
+                              "promise (peer link failsafe)", registry=r)
+        self.promised = Gauge("hacontrol_peer_promised", "1 while this controller has promised the peer not to claim",
+                              registry=r)
+        self.link_age = Gauge("hacontrol_peer_link_heard_age_seconds", "seconds since the peer was last heard on "
+                              "each peer-link path (absent: never)", ["path"], registry=r)
         self.capacity = Gauge("hacontrol_capacity_used_ratio", "used / size of each LUN's backing store", ["lun"],
                               registry=r)
         self.capacity_threshold = Gauge("hacontrol_capacity_threshold_ratio", "warning threshold per LUN", ["lun"],
@@ -73,11 +80,22 @@ class Metrics:
         for b in Blocker:
             self.blocker.labels(b.name.lower()).set(1 if b in plan.blockers else 0)
         self.maintenance.set(1 if c.maintenance.enabled else 0)
+        self._on_link(obs.link, plan.reason)
         self.tick.observe(report.duration_s)
         for r in report.results:
             self.steps.labels(r.action, "ok" if r.ok else "failed").inc()
             if r.action == "FencePeer":
                 self.fenced.labels("ok" if r.ok else "failed").inc()
+
+    def _on_link(self, link: Any, reason: Reason) -> None:
+        if not link.configured:
+            return
+        now = time.monotonic()
+        self.failsafe.set(1 if reason is Reason.FAILSAFE else 0)
+        self.promised.set(1 if link.promised_until is not None and now < link.promised_until else 0)
+        for path, heard in enumerate(link.heard):
+            if heard is not None:
+                self.link_age.labels(str(path)).set(round(now - heard, 3))
 
     def on_record(self, doc: dict[str, Any]) -> None:
         if doc.get("kind") == "step_down":

@@ -63,6 +63,29 @@ def test_exactly_one_claim_wins_and_the_epoch_advances(zk_ensemble, zk_chroot):
         sb.stop()
 
 
+def test_take_over_deletes_a_live_peers_znode_and_advances_the_epoch_in_one_multi(zk_ensemble, zk_chroot):
+    """The fast takeover's claim: the dead peer's session still lives (and still owns /leader); a stale view
+    of the epoch or of the leader fails as a whole and changes nothing."""
+    (sa, ca), (sb, cb) = _pair(zk_ensemble, zk_chroot)
+    try:
+        assert ca.claim(0, _soon())
+        assert not cb.take_over(0, "ctrl-a", _soon())  # stale epoch: nothing happens
+        assert not cb.take_over(1, "ctrl-x", _soon())  # the znode names someone else
+        assert ca.observe(_soon()).leader.ours
+        assert cb.take_over(1, "ctrl-a", _soon())
+        view_a, view_b = ca.observe(_soon()), cb.observe(_soon())
+        assert view_b.epoch == 2 and view_b.leader == view_b.leader.__class__("ctrl-b", 2, True)
+        assert not view_a.leader.ours and view_a.session is SessionState.CONNECTED  # a's session is untouched
+        assert not ca.take_over(1, "ctrl-b", _soon())  # the old leader coming back with its old view fails
+        assert not cb.take_over(1, "ctrl-a", _soon())  # and so does a repeat of the same take-over
+        assert cb.observe(_soon()).epoch == 2
+        sb.client.delete(sb.path(codec.LEADER))  # gone meanwhile (expired, released): an ordinary claim then
+        assert ca.take_over(2, "ctrl-b", _soon()) and ca.observe(_soon()).leader.ours
+    finally:
+        sa.stop()
+        sb.stop()
+
+
 def test_release_only_by_the_owner_and_a_new_claim_gets_a_new_epoch(zk_ensemble, zk_chroot):
     (sa, ca), (sb, cb) = _pair(zk_ensemble, zk_chroot)
     try:

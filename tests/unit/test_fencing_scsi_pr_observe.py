@@ -158,3 +158,35 @@ def test_bad_construction_is_refused(kwargs, message):
 def test_no_disks_is_refused():
     with pytest.raises(ValueError, match="at least one shared disk"):
         ScsiReservations([], node_id=1, peer_id=2, timeout_s=1)
+
+
+class Power:
+    def __init__(self, ok: bool):
+        self.name, self.ok, self.calls = "power", ok, []
+
+    def fence(self, node: str, epoch: int, deadline: float) -> str:
+        self.calls.append((node, epoch))
+        if not self.ok:
+            from hacontrol.agent.protocols import AdapterError
+            raise AdapterError("BMC did not answer")
+        return f"{node} off"
+
+
+def test_confirm_dead_powers_off_first_and_only_then_takes_the_keys(luns):
+    a, b = controller(luns), controller(luns, node_id=2)
+    a.take_over(1, soon())
+    power = Power(ok=True)
+    record = Fencing("ctrl-a", b, [power]).fence_peer(2, FenceMode.CONFIRM_DEAD, soon())
+    assert record.ok and record.power_confirmed and power.calls == [("ctrl-a", 2)]
+    assert record.detail.index("power") < record.detail.index("scsi_pr")
+    assert fenced(b.observe(2), "ctrl-b", 2)
+
+
+def test_confirm_dead_without_a_confirmed_power_off_leaves_the_peers_keys_alone(luns):
+    """A peer that may still be running keeps its reservation: its kernel would otherwise serve with its
+    writes refused (the takeover waits for ZooKeeper instead)."""
+    a, b = controller(luns), controller(luns, node_id=2)
+    a.take_over(1, soon())
+    record = Fencing("ctrl-a", b, [Power(ok=False)]).fence_peer(2, FenceMode.CONFIRM_DEAD, soon())
+    assert not record.ok and not record.power_confirmed
+    assert fenced(controller(luns).observe(1), "ctrl-a", 1)

@@ -11,7 +11,10 @@ failed power method does not block the takeover (the disks are safe; the
 duplicate-address check then keeps the addresses from being taken twice);
 without reservations, power fencing is the fence and must succeed.
 In a planned hand-over the peer is alive and cooperating: power methods never
-run then.
+run then. A fast takeover (CONFIRM_DEAD: the peer went silent on the peer link
+while ZooKeeper still names it leader) reverses the order: the power methods
+first, and only once one confirmed the peer off, the reservations; a peer that
+cannot be confirmed off keeps its keys and the takeover waits for ZooKeeper.
 """
 
 from __future__ import annotations
@@ -90,6 +93,8 @@ class Fencing:
 
     def fence_peer(self, epoch: int, mode: FenceMode, deadline: float) -> FenceRecord:
         self.attempts = []
+        if mode is FenceMode.CONFIRM_DEAD:
+            return self._confirm_dead(epoch, deadline)
         ok = True
         if self.reservations is not None:
             ok = self._try("scsi_pr", lambda: self.reservations.take_over(epoch, deadline))
@@ -98,6 +103,16 @@ class Fencing:
             ok, powered_off = self._power(epoch, deadline, pr_done=self.reservations is not None)
         elif ok and mode is FenceMode.PLANNED and self.reservations is None:
             self.attempts.append(Attempt("cooperative", True, f"{self.peer} handed over", 0.0))
+        return self._record(epoch, ok, powered_off, mode)
+
+    def _confirm_dead(self, epoch: int, deadline: float) -> FenceRecord:
+        _, off = self._power(epoch, deadline, pr_done=False)
+        ok = off
+        if off and self.reservations is not None:
+            ok = self._try("scsi_pr", lambda: self.reservations.take_over(epoch, deadline))
+        return self._record(epoch, ok, off, FenceMode.CONFIRM_DEAD)
+
+    def _record(self, epoch: int, ok: bool, powered_off: bool, mode: FenceMode) -> FenceRecord:
         detail = "; ".join(f"{a.method}: {'ok' if a.ok else 'failed'} ({a.detail})" for a in self.attempts)
         self.last = FenceRecord(epoch, ok, time.monotonic(), power_confirmed=powered_off, detail=detail)
         log.info("fence_peer", peer=self.peer, epoch=epoch, mode=mode.value, ok=ok, detail=detail)

@@ -5,6 +5,8 @@ Layout under the configured chroot::
     /epoch                   persistent  {"epoch": N}            advanced by compare-and-set on every takeover
     /leader                  ephemeral   {"node", "epoch", "at"}  owned by the active agent's session
     /members/<node>          ephemeral   the agent's report (role, ALUA, VIPs, readiness, blockers, ...)
+    /alive/<node>            ephemeral   empty; rewritten by the leading agent on every tick (its version is
+                                         the leader's heartbeat through ZooKeeper, read by the peer)
     /intents/switchover      persistent  {"id", "target", "by", "at", "timeout_s", "state", "reason", ...}
     /intents/maintenance     persistent  {"enabled", "reason", "by", "at"}
     /history/failover-NNNN   persistent  one failover or switchover with its phase timestamps (bounded)
@@ -26,6 +28,7 @@ from hacontrol.core.model import AluaState, PeerReport, Role
 EPOCH = "epoch"
 LEADER = "leader"
 MEMBERS = "members"
+ALIVE = "alive"
 SWITCHOVER = "intents/switchover"
 MAINTENANCE = "intents/maintenance"
 HISTORY = "history"

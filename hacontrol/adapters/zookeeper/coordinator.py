@@ -45,6 +45,7 @@ class Coordinator:
         self._peer_seen = False
         self.leader_at: float | None = None  # wall time in the leader znode (for history)
         self.peer_connections: Any = []  # the peer's last published iSCSI connections (port takeover tickles)
+        self._peer_alive: tuple[Any, float | None] = (None, None)  # ((owner, version), when first seen)
 
     # --- observing ---------------------------------------------------------------------------
 
@@ -87,6 +88,11 @@ class Coordinator:
         watches = {k: c.exists_async(self.s.path(p), watch=wake) for k, p in names.items() if k != "epoch"}
         watches["config"] = c.exists_async(self.s.path(codec.CONFIG), watch=wake)
         gets = {k: c.get_async(self.s.path(p)) for k, p in names.items()}
+        # The leader's heartbeat through ZooKeeper: rewrite our alive znode while we lead; read the peer's (no
+        # watch: it changes every tick of the peer's, and must not wake us as often)
+        peer_alive = c.exists_async(self.s.path(f"{codec.ALIVE}/{self.peer}"))
+        leading = self._view.leader is not None and self._view.leader.ours
+        touch = c.set_async(self.s.path(f"{codec.ALIVE}/{self.node}"), b"") if leading else None
         self.s.wait(sync, deadline)
         for key, w in watches.items():
             stat = self.s.wait(w, deadline)
@@ -98,6 +104,9 @@ class Coordinator:
                 docs[key] = self.s.wait(result, deadline)
             except NoNodeError:
                 docs[key] = (None, None)
+        self._note_peer_alive(self.s.wait(peer_alive, deadline), sent_at)
+        if touch is not None:
+            self._touch_result(touch, deadline)
         if sid is None or self.s.session_id != sid or self.s.state is not SessionState.CONNECTED:
             raise AdapterError("session changed while observing")
         self._confirmed_sid = sid
@@ -134,7 +143,27 @@ class Coordinator:
             granted_timeout_s=self.s.negotiated_timeout_s,
             connected_since=self._connected_since,
             peer_seen=self._peer_seen,
+            peer_alive_at=self._peer_alive[1],
         )
+
+    def _note_peer_alive(self, stat: Any, sent_at: float) -> None:
+        version = None if stat is None else (stat.ephemeralOwner, stat.version)
+        if version is None:
+            self._peer_alive = (None, None)
+        elif version != self._peer_alive[0]:
+            self._peer_alive = (version, sent_at)  # changed since the last read: it ticked before this read
+
+    def _touch_result(self, touch: Any, deadline: float) -> None:
+        """Best effort: a missed touch can only make the peer think we stopped ticking (it also needs the
+        peer link silent before it acts)."""
+        try:
+            self.s.wait(touch, deadline)
+        except NoNodeError:  # first tick as leader on this session: create it (ephemeral: gone with us)
+            with contextlib.suppress(NodeExistsError):
+                self.s.wait(self.s.client.create_async(self.s.path(f"{codec.ALIVE}/{self.node}"), b"",
+                                                       ephemeral=True, acl=self.s.acl), deadline)
+        except KazooException as exc:
+            log.debug("zk_alive_not_touched", error=str(exc))
 
     def _intent(self, data: bytes | None) -> SwitchoverIntent | None:
         doc = codec.decode_switchover(data)
@@ -172,6 +201,36 @@ class Coordinator:
         results = self.s.wait(tx.commit_async(), deadline)
         won = not any(isinstance(r, Exception) for r in results)
         log.info("zk_claim", node=self.node, epoch=new, won=won)
+        return won
+
+    def take_over(self, expected_epoch: int, stale_node: str, deadline: float) -> bool:
+        """Fast takeover: in one multi guarded by the epoch counter's version, delete ``stale_node``'s leader znode
+        (if it is still there under ``expected_epoch``), create ours and advance the epoch."""
+        with _zk_errors("take leadership over"):
+            return self._take_over(expected_epoch, stale_node, deadline)
+
+    def _take_over(self, expected_epoch: int, stale_node: str, deadline: float) -> bool:
+        c = self.s.client
+        data, stat = self.s.wait(c.get_async(self.s.path(codec.EPOCH)), deadline)
+        if codec.decode_epoch(data) != expected_epoch:
+            return False
+        tx = c.transaction()
+        try:
+            leader_data, leader_stat = self.s.wait(c.get_async(self.s.path(codec.LEADER)), deadline)
+        except NoNodeError:
+            leader_stat = None  # expired meanwhile, or the peer stepped down: an ordinary claim then
+        if leader_stat is not None:
+            doc = codec.decode_leader(leader_data)
+            if doc is None or doc.node != stale_node or doc.epoch != expected_epoch:
+                return False
+            tx.delete(self.s.path(codec.LEADER), version=leader_stat.version)
+        new = expected_epoch + 1
+        tx.create(self.s.path(codec.LEADER), codec.dumps({"node": self.node, "epoch": new, "at": self.wall()}),
+                  ephemeral=True, acl=self.s.acl)
+        tx.set_data(self.s.path(codec.EPOCH), codec.dumps({"epoch": new}), version=stat.version)
+        results = self.s.wait(tx.commit_async(), deadline)
+        won = not any(isinstance(r, Exception) for r in results)
+        log.info("zk_take_over", node=self.node, stale=stale_node, epoch=new, won=won)
         return won
 
     def release(self, epoch: int, deadline: float) -> bool:

@@ -16,18 +16,21 @@ from kazoo.exceptions import KazooException
 from hacontrol.adapters.fencing import Fencing
 from hacontrol.adapters.fencing.command import CommandFencer
 from hacontrol.adapters.metrics import Metrics
+from hacontrol.adapters.peerlink import LinkState, PeerLink
+from hacontrol.adapters.peerlink import Path as LinkPath
 from hacontrol.adapters.watchdog import DeviceWatchdog, NullWatchdog, SystemdNotifier, device_timeout_s
 from hacontrol.adapters.zookeeper import Coordinator, Session
 from hacontrol.agent import doubles
 from hacontrol.agent.configsync import ConfigSync, sha256
 from hacontrol.agent.connections import ConnectionWatch, tickle_peer
 from hacontrol.agent.execute import Executor
+from hacontrol.agent.localstatus import LocalStatus
 from hacontrol.agent.loop import ROUTINE_ACTIONS, Agent, TickReport
 from hacontrol.agent.observe import Observer
 from hacontrol.agent.protocols import AdapterError, ManagedAddress
 from hacontrol.agent.timeline import Timeline
 from hacontrol.config.schema import Config
-from hacontrol.core.decide import Plan
+from hacontrol.core.decide import Plan, link_advert
 from hacontrol.core.model import Observation, Role, Spec
 from hacontrol.core.timing import Timing
 
@@ -46,6 +49,7 @@ class Controller:
     notifier: SystemdNotifier
     metrics: Metrics
     extras: dict[str, Any]
+    link: PeerLink | None = None
 
 
 def managed_vips(cfg: Config, node: str) -> tuple[ManagedAddress, ...]:
@@ -61,33 +65,86 @@ def build_controller(cfg: Config, node: str, *, doubles: str | None = None, zk_h
     vips = managed_vips(cfg, node)
     parts = _doubles(cfg, node, doubles) if doubles else _real(cfg, node)
     fencing: Fencing = parts["fencing"]
+    link = peer_link(cfg, node)
     spec = Spec(node=node, peer=peer, vips=frozenset(v.key for v in vips), alua=parts["alua"],
                 fencing_configured=fencing.configured,
                 power_fencing=bool(fencing.power), port_takeover=cfg.port_takeover and parts["ports"] is not None,
                 own_portals=bool(cfg.node(node).portals) and parts["ports"] is not None,
                 standby_registers=cfg.fencing.standby_registers, on_key_lost=cfg.fencing.on_key_lost,
-                announce_every_s=cfg.network.garp_refresh_s)
-    observer = Observer(spec, coordinator, parts["target"], parts["network"], fencing, parts["watchdog"], vips)
+                announce_every_s=cfg.network.garp_refresh_s,
+                fast_takeover=link is not None and cfg.peer_link.fast_takeover and bool(fencing.power),
+                failsafe=link is not None and cfg.peer_link.failsafe)
+    observer = Observer(spec, coordinator, parts["target"], parts["network"], fencing, parts["watchdog"], vips,
+                        link=link)
     notifier = SystemdNotifier()
     metrics = Metrics(node)
     timeline = Timeline(node, peer, record=lambda doc: (metrics.on_record(doc), _record(coordinator, doc)))
     executor = Executor(cfg.timing, coordinator, parts["target"], parts["network"], fencing, parts["watchdog"],
                         {v.key: v for v in vips}, ports=parts["ports"], rebooter=parts.get("rebooter"),
-                        fence_budget_s=_fence_budget(cfg, peer), ports_budget_s=_ports_budget(cfg))
+                        promises=link, fence_budget_s=_fence_budget(cfg, peer), ports_budget_s=_ports_budget(cfg))
     observer.announced_at = lambda: executor.announced_at
     sync = ConfigSync(config_path, cfg, coordinator, parts["target"], sha=sha256(config_text) if config_text else "")
     agent = Agent(cfg.timing, observer, executor, timeline=timeline, wake=wake, config_sync=sync)
     executor.on_published = sync.published
-    agent.on_tick = lambda report: (metrics.on_tick(report), _notify(notifier, report))
-    agent.on_plan = ready_once(notifier, 2 * cfg.timing.session_timeout_s)
+    local = LocalStatus(cfg.runtime_dir, node, link.report if link is not None else None)
+    agent.on_tick = lambda report: (metrics.on_tick(report), _notify(notifier, report), local.on_tick(report))
+    _wire_link_report(agent, link, sync, cfg.timing)
+    agent.on_plan = _on_plan(ready_once(notifier, 2 * cfg.timing.session_timeout_s), link, cfg.timing)
     executor.heartbeat = notifier.kick
     watch = None if doubles else _wire_connections(cfg, node, parts, agent=agent, executor=executor,
                                                        coordinator=coordinator, sync=sync)
     executor.publish_extra = lambda: {**_publish_extra(agent), **sync.report(), **_capacity_extra(parts["target"]),
-                                      **(watch.report() if watch is not None else {})}
+                                      **(watch.report() if watch is not None else {}),
+                                      **({"peer_link": link.report()} if link is not None else {})}
     _wire_capacity(parts["target"], metrics, sync)
     return Controller(node, peer, "doubles" if doubles else cfg.backend, cfg.timing, session, coordinator, agent,
-                      notifier, metrics, parts)
+                      notifier, metrics, parts, link)
+
+
+def peer_link(cfg: Config, node: str) -> PeerLink | None:
+    """The link to the peer, if [peer_link] is configured (not started: hacontrol.agent.main starts it)."""
+    if cfg.peer_link is None:
+        return None
+    me, other = cfg.node(node), cfg.peer_of(node)
+    paths = [LinkPath(local, remote, cfg.peer_link.port)
+             for local, remote in zip(me.peer_link, other.peer_link, strict=True)]
+    s = cfg.timing.session_timeout_s
+    state = LinkState(me.id, other.id, len(paths), cfg.peer_link.key.reveal().encode(), time.time_ns(),
+                      promise_s=s, min_promise_s=s, stale_incarnation_s=max(2.0, 10 * cfg.timing.peer_dead_after_s))
+    return PeerLink(paths, state, cfg.timing.heartbeat_interval_s)
+
+
+def _wire_link_report(agent: Agent, link: PeerLink | None, sync: ConfigSync, timing: Timing) -> None:
+    """Publish our member report again when what the link hears changes (paths alive, promises), so hactl
+    status shows it without waiting for the next change of role."""
+    if link is None:
+        return
+    on_tick = agent.on_tick
+    last: list[Any] = [None]
+
+    def tick(report: TickReport) -> None:
+        view, now = report.observation.link, time.monotonic()
+        summary = (tuple(t is not None and now - t < timing.peer_dead_after_s for t in view.heard),
+                   view.promised_until is not None and now < view.promised_until, report.plan.reason)
+        if summary != last[0]:
+            last[0] = summary
+            sync.dirty = True
+        if on_tick is not None:
+            on_tick(report)
+
+    agent.on_tick = tick
+
+
+def _on_plan(ready: Callable[[Observation, Plan], None], link: PeerLink | None, timing: Timing
+             ) -> Callable[[Observation, Plan], None]:
+    """Before a plan runs: READY=1 once, and what the peer link tells the peer from now on (a plan that claims
+    or fences stops our promises before it starts)."""
+    def on_plan(obs: Observation, plan: Plan) -> None:
+        ready(obs, plan)
+        if link is not None:
+            link.advertise(link_advert(obs, plan, time.monotonic(), timing))
+
+    return on_plan
 
 
 def _fence_budget(cfg: Config, peer: str) -> float:

@@ -40,6 +40,7 @@ class StepResult:
 
 class CoordinationSink(Protocol):
     def claim(self, expected_epoch: int, deadline: float) -> bool: ...
+    def take_over(self, expected_epoch: int, stale_node: str, deadline: float) -> bool: ...
     def release(self, epoch: int, deadline: float) -> bool: ...
     def publish(self, report: PeerReport, extra: dict[str, Any], deadline: float) -> None: ...
     def finish_switchover(self, intent_id: str, outcome: str, reason: str, deadline: float) -> bool: ...
@@ -63,6 +64,12 @@ class Rebooter(Protocol):
     def reboot(self, reason: str) -> None: ...
 
 
+class Promises(Protocol):
+    """The peer link's promises (``hacontrol.adapters.peerlink.PeerLink``)."""
+
+    def stop_promising(self) -> float | None: ...
+
+
 class LeaseExpired(AdapterError):
     pass
 
@@ -78,6 +85,7 @@ class Executor:
     vips: Mapping[str, ManagedAddress]
     ports: PortMover | None = None
     rebooter: Rebooter | None = None
+    promises: Promises | None = None
     fence_budget_s: float = 30.0
     ports_budget_s: float = 0.0  # port moves and VIP claims; below operation_timeout_s: operation_timeout_s
     publish_extra: Callable[[], dict[str, Any]] = dict
@@ -120,7 +128,7 @@ class Executor:
         return tuple(results)
 
     def _budget(self, action: A.Action) -> float:
-        if isinstance(action, A.FencePeer):
+        if isinstance(action, A.FencePeer | A.FenceDeadPeer):
             return self.fence_budget_s
         if isinstance(action, A.AdoptPeerPorts | A.ReleasePeerPorts | A.BringUpOwnPorts | A.TakeDownOwnPorts
                       | A.AddVips):
@@ -129,10 +137,9 @@ class Executor:
         return self.timing.operation_timeout_s
 
     def _do(self, a: A.Action, deadline: float) -> str:
-        if isinstance(a, A.ClaimLeadership):
-            if not self.coordinator.claim(a.expected_epoch, deadline):
-                raise AdapterError("lost the race for the leader znode")
-        elif isinstance(a, A.ReleaseLeadership):
+        if isinstance(a, A.ClaimLeadership | A.TakeOverLeadership | A.FenceDeadPeer):
+            return self._take_lead(a, deadline)
+        if isinstance(a, A.ReleaseLeadership):
             if not self.coordinator.release(a.epoch, deadline):
                 raise AdapterError("leader znode not ours to release")
         elif isinstance(a, A.FencePeer):
@@ -181,6 +188,34 @@ class Executor:
         else:
             raise AdapterError(f"no handler for {a.name}")
         return ""
+
+    def _take_lead(self, a: A.Action, deadline: float) -> str:
+        """Claiming, and the fast takeover's two steps (fence a silent peer off, then take its znode over)."""
+        if isinstance(a, A.ClaimLeadership):
+            self._bound_by_no_promise()
+            if not self.coordinator.claim(a.expected_epoch, deadline):
+                raise AdapterError("lost the race for the leader znode")
+        elif isinstance(a, A.TakeOverLeadership):
+            if not self.coordinator.take_over(a.expected_epoch, a.stale_node, deadline):
+                raise AdapterError(f"lost the race: the leader znode or the epoch changed since "
+                                   f"{a.stale_node}@{a.expected_epoch}")
+        elif isinstance(a, A.FenceDeadPeer):
+            self._bound_by_no_promise()
+            record = self._while_alive(
+                lambda: self.fencing.fence_peer(a.epoch, A.FenceMode.CONFIRM_DEAD, deadline), deadline)
+            if not (record.ok and record.power_confirmed):
+                raise AdapterError(f"the silent peer was not confirmed off: {record.detail}")
+            return record.detail
+        return ""
+
+    def _bound_by_no_promise(self) -> None:
+        """Before claiming or fencing: stop giving the peer promises, and refuse while an earlier one holds (the
+        link's thread may have promised after this tick's observation)."""
+        if self.promises is None:
+            return
+        until = self.promises.stop_promising()
+        if until is not None:
+            raise AdapterError(f"promised the peer over the link not to claim for {until - self.clock():.2f} s more")
 
     def _crash_armed(self) -> bool:
         """With HACONTROL_FAULT_CRASH_ONCE=PATH the crash happens once: PATH is created and disarms it."""

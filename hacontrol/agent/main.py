@@ -104,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(ctl: Controller, stop: threading.Event, handover_wait_s: float) -> int:
     ctl.session.start_async()
+    if ctl.link is not None:
+        ctl.link.start()
     # READY=1 follows the first decision (build.ready_once): until then systemd shows the unit "activating"
     ctl.notifier.notify("STATUS=starting: connecting to ZooKeeper")
     log.info("agent_started", timing=ctl.timing.__dict__, backend=ctl.backend)
@@ -130,6 +132,8 @@ def _shutdown(ctl: Controller, wait_s: float) -> None:
             _wait_for_peer(ctl.coordinator, ctl.peer, wait_s)
     finally:
         ctl.session.stop()
+        if ctl.link is not None:
+            ctl.link.stop()
         log.info("agent_stopped")
 
 

@@ -16,7 +16,7 @@ from typing import Protocol
 import structlog
 
 from hacontrol.agent.protocols import AdapterError, ManagedAddress, NetworkPort, TargetPort, WatchdogPort
-from hacontrol.core.model import Coordination, DataPath, Observation, Spec, Storage
+from hacontrol.core.model import Coordination, DataPath, Observation, PeerLinkView, Spec, Storage
 
 log = structlog.get_logger("hacontrol.agent")
 
@@ -29,6 +29,10 @@ class StorageSource(Protocol):
     def observe(self, epoch_seen: int) -> Storage: ...
 
 
+class LinkSource(Protocol):
+    def view(self) -> PeerLinkView: ...
+
+
 @dataclass
 class Observer:
     spec: Spec
@@ -39,6 +43,7 @@ class Observer:
     watchdog: WatchdogPort
     vips: Sequence[ManagedAddress]
     announced_at: Callable[[], float | None] = lambda: None
+    link: LinkSource | None = None
     _datapath: DataPath = field(default_factory=lambda: DataPath(configured=False, own_group=None, peer_group=None))
     _vips_held: frozenset[str] = frozenset()
 
@@ -46,8 +51,9 @@ class Observer:
         coord = self.coordinator.observe(deadline)
         datapath = self._read_target()
         storage = self.storage.observe(coord.epoch)
+        link = self.link.view() if self.link is not None else PeerLinkView()  # read last: the freshest source
         return Observation(spec=self.spec, coord=coord, storage=storage, datapath=datapath,
-                           watchdog_armed=self.watchdog.armed)
+                           watchdog_armed=self.watchdog.armed, link=link)
 
     def _read_target(self) -> DataPath:
         try:

@@ -1,7 +1,7 @@
 """Failover phases as this agent lived them, for the history in ZooKeeper and the metrics.
 
-A takeover starts when this agent first sees the leader znode gone (detect)
-and ends when it is fully active; in between, each step that succeeds stamps
+A takeover starts when this agent first sees the leader znode gone, or the
+leader silent on the peer link (detect), and ends when it is fully active; in between, each step that succeeds stamps
 its phase: claimed (leader znode + epoch), fenced, alua (own group AO),
 vips (addresses up and announced). A step-down is recorded on the other side.
 Times are offsets in seconds from the start, measured on the monotonic clock;
@@ -30,6 +30,7 @@ class Takeover:
     epoch_before: int
     kind: str = "failover"  # failover | switchover
     from_node: str = ""
+    detected_by: str = "zookeeper"  # zookeeper (the leader znode went) | peer_link (the leader went silent)
     phases: dict[str, float] = field(default_factory=dict)
     fence_detail: str = ""
 
@@ -60,27 +61,30 @@ class Timeline:
 
     def _watch_takeover(self, obs: Observation, plan: Plan, results: Sequence[StepResult], now: float) -> None:
         c = obs.coord
-        if self.current is None and c.leader is None and plan.reason in (Reason.CLAIMING, Reason.NOT_READY,
-                                                                        Reason.MAINTENANCE):
+        fast = plan.reason is Reason.FAST_TAKEOVER
+        leader_gone = c.leader is None and plan.reason in (Reason.CLAIMING, Reason.NOT_READY, Reason.MAINTENANCE)
+        if self.current is None and (leader_gone or fast):
             intent = c.switchover
             planned = intent is not None and intent.state == "pending" and intent.target == self.node
             seen = self._observed_at
             self.current = Takeover(seen, self.wall() - (now - seen), c.epoch, "switchover" if planned else "failover",
-                                    self.peer)
+                                    self.peer, detected_by="peer_link" if fast else "zookeeper")
             self.current.stamp("detect", seen)
         t = self.current
         if t is None:
             return
-        if c.leader is not None and not (c.leader.ours and c.leader.node == self.node):
-            self.current = None  # someone else won; nothing to record here
+        if c.leader is not None and not (c.leader.ours and c.leader.node == self.node) and not fast:
+            self.current = None  # someone else won (or the silent leader spoke again): nothing to record here
             return
         ended = {r.action: (r.at or now) for r in results if r.ok}
         details = {r.action: r.detail for r in results if r.ok}
-        if "ClaimLeadership" in ended:
-            t.stamp("claimed", ended["ClaimLeadership"])
-        if "FencePeer" in ended:
-            t.stamp("fenced", ended["FencePeer"])
-            t.fence_detail = details.get("FencePeer", "")
+        for action in ("ClaimLeadership", "TakeOverLeadership"):
+            if action in ended:
+                t.stamp("claimed", ended[action])
+        for action in ("FencePeer", "FenceDeadPeer"):
+            if action in ended:
+                t.stamp("fenced", ended[action])
+                t.fence_detail = details.get(action, "")
         if any(isinstance(a, A.SetAlua) and a.own.accepts_io for a in plan.actions) and "SetAlua" in ended:
             t.stamp("alua", ended["SetAlua"])
         if "AddVips" in ended:
@@ -92,7 +96,8 @@ class Timeline:
 
     def _doc(self, t: Takeover, epoch: int) -> dict[str, Any]:
         return {"kind": t.kind, "from": t.from_node, "to": self.node, "epoch": epoch, "at": t.started_wall,
-                "phases": dict(t.phases), "total_s": t.phases.get("active"), "fence": t.fence_detail}
+                "phases": dict(t.phases), "total_s": t.phases.get("active"), "fence": t.fence_detail,
+                "detected_by": t.detected_by}
 
     def _watch_step_down(self, obs: Observation, plan: Plan, results: Sequence[StepResult], now: float) -> None:
         if plan.role is Role.DEMOTING and self.demote_started is None:

@@ -12,15 +12,22 @@ import time
 from typing import Any
 
 from hacontrol.adapters.zookeeper.admin import ClusterView
-from hacontrol.cli.common import OK, add_common, admin, ago, emit_json, table
+from hacontrol.agent import localstatus
+from hacontrol.cli.common import OK, ZK_UNREACHABLE, CliError, add_common, admin, ago, emit_json, load_config, table
 from hacontrol.config.schema import Config
 from hacontrol.core.model import AluaState
 
 HELP = """Show the cluster: the active controller and its epoch, each controller's role, ALUA state, addresses,
 readiness and last report, maintenance, pending switchover, and whether automatic failover is possible now.
 
-Exit status: 0 when the status could be read (whatever it says), 3 when ZooKeeper is unreachable,
-2 for a configuration error. Use --json for scripts; the table shows the same document."""
+Without ZooKeeper it shows what the agents on this machine say (their status file in cluster.runtime_dir):
+who serves, and whether it serves on its peer's promise (the peer link's failsafe).
+
+Exit status: 0 when the status could be read (whatever it says), 3 when ZooKeeper is unreachable (with the
+local agents' view when there is one), 2 for a configuration error. Use --json for scripts; the table shows
+the same document."""
+
+FAILSAFE_LINE = "ZooKeeper unreachable — failsafe: peer confirms standby"
 
 
 def add_parser(sub: Any) -> None:
@@ -31,13 +38,74 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    with admin(args) as (adm, cfg):
-        doc = status_doc(adm.view(), cfg, time.time())
+    try:
+        with admin(args) as (adm, cfg):
+            doc = status_doc(adm.view(), cfg, time.time())
+    except CliError as exc:
+        if exc.code != ZK_UNREACHABLE:
+            raise
+        doc = local_doc(load_config(args.config), str(exc), time.time())
+        if not doc["nodes"]:
+            raise
+        if args.json:
+            emit_json(doc)
+        else:
+            print(render_local(doc))
+        return ZK_UNREACHABLE
     if args.json:
         emit_json(doc)
     else:
         print(render(doc))
     return OK
+
+
+def local_doc(cfg: Config, error: str, now_wall: float) -> dict[str, Any]:
+    """The agents' own status files on this machine (one on a controller, both in the lab)."""
+    nodes = []
+    for node in cfg.nodes:
+        d = localstatus.read(cfg.runtime_dir, node.name)
+        if d is not None:
+            nodes.append({**d, "age_s": round(now_wall - float(d.get("at", 0)), 3)})
+    return {"cluster": cfg.cluster_name, "zookeeper": error, "nodes": nodes,
+            "dead_after_s": cfg.timing.peer_dead_after_s}
+
+
+def render_local(doc: dict[str, Any]) -> str:
+    lines = [f"cluster {doc['cluster']}: {doc['zookeeper']}", "what the agents on this machine say:", ""]
+    rows = [[n["node"], n["role"], n.get("own_alua"), ",".join(n.get("vips", [])), n.get("session"),
+             ago(n["age_s"]), n.get("reason")] for n in doc["nodes"]]
+    lines.append(table(["NODE", "ROLE", "ALUA (own group)", "VIPS", "ZOOKEEPER", "WRITTEN", "REASON"], rows))
+    lines.append("")
+    for n in doc["nodes"]:
+        if n.get("reason") == "failsafe":
+            lines.append(f"{n['node']}: {FAILSAFE_LINE}{_promise_age(n)}")
+        elif n.get("serving"):
+            lines.append(f"{n['node']}: serving")
+        if n.get("age_s", 0) > 5:
+            lines.append(f"  {n['node']}: the status file is {ago(n['age_s'])}: is its agent running?")
+        link = _link_line(n["node"], n.get("peer_link"), doc["dead_after_s"])
+        if link:
+            lines.append(f"  {link}")
+    return "\n".join(lines)
+
+
+def _promise_age(n: dict[str, Any]) -> str:
+    link = n.get("peer_link") or {}
+    age = link.get("promise_confirmed_ago_s")
+    return "" if age is None else f" (the peer's promise renewed {age:.1f} s before this was written)"
+
+
+def _link_line(node: str, link: dict[str, Any] | None, dead_after_s: float) -> str:
+    """'peer link: ctrl-a hears its peer on 2/2 paths', naming the silent ones."""
+    if not link:
+        return ""
+    paths = link.get("paths", [])
+    silent = [p for p in paths if p.get("heard_ago_s") is None or p["heard_ago_s"] >= dead_after_s]
+    line = f"peer link: {node} hears its peer on {len(paths) - len(silent)}/{len(paths)} paths"
+    if silent:
+        line += " (silent: " + ", ".join(f"{p['remote']}{' ' + p['error'] if p.get('error') else ''}"
+                                          for p in silent) + ")"
+    return line
 
 
 def _alua(value: Any) -> str | None:
@@ -73,6 +141,7 @@ def status_doc(view: ClusterView, cfg: Config, now_wall: float) -> dict[str, Any
             "config": {"sha256": (d.get("config_sha256") or "")[:12], "number": d.get("config_number"),
                        "restart_pending": d.get("config_restart_pending", False), "error": d.get("config_error", "")},
             "last_seen_s": None if m is None else round(now_wall - m.modified_wall, 3),
+            "peer_link": d.get("peer_link"),
         })
     switchover = None
     if view.switchover is not None:
@@ -93,6 +162,7 @@ def status_doc(view: ClusterView, cfg: Config, now_wall: float) -> dict[str, Any
         "maintenance": {"enabled": maint.enabled, "reason": maint.reason, "by": maint.by, "at": maint.at},
         "switchover": switchover,
         "config": view.config,
+        "dead_after_s": cfg.timing.peer_dead_after_s,
     }
     reasons = failover_impossible(doc)
     doc["automatic_failover"] = {"possible": not reasons, "why_not": reasons}
@@ -144,6 +214,7 @@ def render(doc: dict[str, Any]) -> str:
             others = [x for x in names if x != n["node"]]
             lines.append(f"ports: {n['node']} hosts its own port and {others[0] if others else 'the peer'}'s "
                          "(port takeover: portal addresses and target port adopted)")
+    lines.extend(_link_lines(doc))
     for n in doc["nodes"]:
         if n["frozen_actions"]:
             lines.append(f"  {n['node']} would have done: {', '.join(n['frozen_actions'])}")
@@ -167,6 +238,22 @@ def render(doc: dict[str, Any]) -> str:
         lines.append("automatic failover: NOT possible")
         lines.extend(f"  - {w}" for w in af["why_not"])
     return "\n".join(lines)
+
+
+def _link_lines(doc: dict[str, Any]) -> list[str]:
+    out = []
+    dead_after = doc.get("dead_after_s", 0.3)
+    names = [n["node"] for n in doc["nodes"]]
+    for n in doc["nodes"]:
+        if n.get("live_session"):
+            line = _link_line(n["node"], n.get("peer_link"), dead_after)
+            if line:
+                out.append(line + f" (reported {ago(n['last_seen_s'])})")
+        if n.get("reason") == "promised":
+            peer = next((x for x in names if x != n["node"]), "the peer")
+            out.append(f"failsafe: {peer} serves without ZooKeeper; {n['node']} promised it over the peer link not "
+                       "to claim (it takes over once the promise runs out, if the peer goes silent)")
+    return out
 
 
 def _capacity_lines(doc: dict[str, Any]) -> list[str]:

@@ -25,6 +25,7 @@ from hacontrol.config.schema import (
     Lun,
     Network,
     Node,
+    PeerLink,
     Portal,
     Secret,
     Target,
@@ -91,6 +92,11 @@ def _build(top: Section) -> Config:
     backend = cluster.str("backend", "lio", choices=BACKENDS)
     port_takeover = cluster.bool("port_takeover", backend == "lio")
     state_dir = cluster.str("state_dir", "/var/lib/hacontrol")
+    runtime_dir = cluster.str("runtime_dir", "/run/hacontrol")
+    for key, value in (("state_dir", state_dir), ("runtime_dir", runtime_dir)):
+        if isinstance(value, str) and not value.startswith("/"):
+            example = "/var/lib/hacontrol" if key == "state_dir" else "/run/hacontrol"
+            cluster.problem(key, value, "must be an absolute path", f'write e.g. "{example}"')
     cluster.finish()
 
     node_sections = top.tables("node")
@@ -110,6 +116,7 @@ def _build(top: Section) -> Config:
     targets = tuple(_target(s) for s in top.tables("target"))
     fencing = _fencing(top.table("fencing"))
     network = _network(top.table("network"))
+    peer_link = _peer_link(top.table("peer_link"))
     watchdog = top.table("watchdog")
     watchdog_device = watchdog.str("device", "/dev/watchdog") if watchdog else "/dev/watchdog"
     if watchdog:
@@ -121,8 +128,8 @@ def _build(top: Section) -> Config:
     return Config(
         cluster_name=name or "", backend=backend or "lio", nodes=nodes, zookeeper=zk, timing=timing,
         vips=vips, discovery_chap=discovery, targets=targets, fencing=fencing, network=network,
-        port_takeover=bool(port_takeover), watchdog_device=watchdog_device or "",
-        metrics_listen=metrics_listen or "", state_dir=state_dir or "",
+        port_takeover=bool(port_takeover), peer_link=peer_link, watchdog_device=watchdog_device or "",
+        metrics_listen=metrics_listen or "", state_dir=state_dir or "", runtime_dir=runtime_dir or "",
     )
 
 
@@ -146,9 +153,16 @@ def _node(s: Section) -> Node:
         portals.append(Portal(p.interface_address("address") or _NOWHERE, p.str("interface", example='"eth1"') or ""))
         p.finish()
     fencing = tuple(_fence_method(f) for f in s.tables("fencing"))
+    link = s.strs("peer_link", (), example='["192.0.2.11", "198.51.100.11"]') or ()
+    for address in link:
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            s.problem("peer_link", address, "is not an IP address (one per path, no prefix length)",
+                      'write this controller\'s static address on each path, e.g. ["192.0.2.11", "198.51.100.11"]')
     s.finish()
     return Node(name=name or "", id=node_id or 0, address=address or "", interfaces=tuple(interfaces),
-                portals=tuple(portals), fencing=fencing)
+                portals=tuple(portals), fencing=fencing, peer_link=tuple(link))
 
 
 _NOWHERE = ipaddress.ip_interface("0.0.0.0/32")  # stands in for an address that failed to parse
@@ -332,6 +346,26 @@ def _fencing(s: Section | None) -> Fencing:
     )
     s.finish()
     return f
+
+
+PEER_KEY_MIN, PEER_KEY_MAX = 16, 128
+
+
+def _peer_link(s: Section | None) -> PeerLink | None:
+    if s is None:
+        return None
+    key = s.secret("key")
+    if key is not None and not PEER_KEY_MIN <= len(key.reveal()) <= PEER_KEY_MAX:
+        s.problem("key", "***", f"must be {PEER_KEY_MIN}–{PEER_KEY_MAX} characters",
+                  "use the same long random string on both controllers, e.g. the output of `openssl rand -hex 24`")
+    link = PeerLink(
+        key=key or Secret(""),
+        port=s.int("port", 7405, lo=1, hi=65535) or 7405,
+        fast_takeover=bool(s.bool("fast_takeover", True)),
+        failsafe=bool(s.bool("failsafe", True)),
+    )
+    s.finish()
+    return link
 
 
 def _network(s: Section | None) -> Network:

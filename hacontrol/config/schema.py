@@ -91,6 +91,12 @@ class Node:
     interfaces: tuple[Interface, ...]
     portals: tuple[Portal, ...] = ()
     fencing: tuple[FenceMethod, ...] = ()
+    peer_link: tuple[str, ...] = ()  # this controller's address on each peer-link path, in path order
+
+    @property
+    def powers_off(self) -> bool:
+        """A method that can switch this controller off is configured (what the peer's fast takeover needs)."""
+        return any(f.powers_off for f in self.fencing)
 
     def interface(self, name: str) -> Interface | None:
         return next((i for i in self.interfaces if i.name == name), None)
@@ -173,6 +179,16 @@ class Network:
 
 
 @dataclass(frozen=True)
+class PeerLink:
+    """[peer_link]: the agents' direct heartbeats (the addresses are per node, ``node.peer_link``)."""
+
+    key: Secret
+    port: int = 7405
+    fast_takeover: bool = True
+    failsafe: bool = True
+
+
+@dataclass(frozen=True)
 class Config:
     cluster_name: str
     backend: str
@@ -185,9 +201,11 @@ class Config:
     fencing: Fencing = field(default_factory=Fencing)
     network: Network = field(default_factory=Network)
     port_takeover: bool = True
+    peer_link: PeerLink | None = None
     watchdog_device: str = "/dev/watchdog"
     metrics_listen: str = "127.0.0.1:9475"
     state_dir: str = "/var/lib/hacontrol"
+    runtime_dir: str = "/run/hacontrol"  # the agent's status file for hactl status without ZooKeeper
     source: str = ""
 
     def node(self, name: str) -> Node:

@@ -15,6 +15,7 @@ def cross_check(cfg: Config) -> list[Problem]:
     problems.extend(_addresses(cfg))
     problems.extend(_targets(cfg))
     problems.extend(_fencing(cfg))
+    problems.extend(_peer_link(cfg))
     if cfg.backend == "tgt" and cfg.port_takeover:
         problems.append(Problem("cluster.port_takeover", True, "port takeover needs ALUA target ports (backend lio)",
                                 "set port_takeover = false with backend = \"tgt\""))
@@ -148,6 +149,47 @@ def _fencing(cfg: Config) -> list[Problem]:
         if "scsi_pr" in methods and cfg.backend == "tgt" and not any(f.devices for f in node.fencing):
             p.append(Problem(f"node[{i}].fencing", "scsi_pr", "needs devices when the backend is tgt "
                              "(tgt LUNs are files, not shared SCSI disks)", "list the shared disks in devices"))
+    return p
+
+
+MAX_LINK_PATHS = 4
+
+
+def _peer_link(cfg: Config) -> list[Problem]:
+    p: list[Problem] = []
+    counts = [len(n.peer_link) for n in cfg.nodes]
+    if cfg.peer_link is None:
+        if any(counts):
+            p.append(Problem("peer_link", None, "node.peer_link addresses are set but there is no [peer_link] "
+                             "table (it holds the shared key)",
+                             'add [peer_link] with key = "...", or remove the addresses'))
+        return p
+    for i, node in enumerate(cfg.nodes):
+        if not node.peer_link:
+            p.append(Problem(f"node[{i}].peer_link", [], f"{node.name} has no peer-link address",
+                             "list its static address on each path, the cluster link first, e.g. "
+                             '["192.0.2.11", "198.51.100.11"]'))
+        elif len(node.peer_link) > MAX_LINK_PATHS:
+            p.append(Problem(f"node[{i}].peer_link", list(node.peer_link), f"more than {MAX_LINK_PATHS} paths",
+                             "list one address per path: the cluster link and one data network are enough"))
+    if all(counts) and counts[0] != counts[1]:
+        p.append(Problem("node.peer_link", counts, "the controllers list a different number of paths (path N of one "
+                         "talks to path N of the other)", "list one address per path on both, in the same order"))
+    elif all(counts):
+        for j, (a, b) in enumerate(zip(cfg.nodes[0].peer_link, cfg.nodes[1].peer_link, strict=True)):
+            if (":" in a) != (":" in b):
+                p.append(Problem(f"node.peer_link[{j}]", [a, b], "path mixes IPv4 and IPv6",
+                                 "use addresses of one network on both ends of a path"))
+    for addr in _dupes(a for n in cfg.nodes for a in n.peer_link):
+        p.append(Problem("node.peer_link", addr, "listed twice", "give each path of each controller its own address"))
+    if cfg.peer_link.fast_takeover:
+        for i, node in enumerate(cfg.nodes):
+            if not node.powers_off:
+                p.append(Problem(
+                    "peer_link.fast_takeover", True,
+                    f"{node.name} has no power fence method: a silent peer is taken over only once it is confirmed "
+                    "off (reservations alone would leave its kernel serving with its writes refused)",
+                    f"add an ipmi, qmp or command method to node[{i}].fencing, or set fast_takeover = false"))
     return p
 
 

@@ -101,18 +101,31 @@ TIMING = {"session_timeout_s": 2.0, "loop_interval_s": 0.1, "demote_deadline_s":
           "operation_timeout_s": 0.2, "fence_retry_s": 0.5, "standby_settle_s": 0.3, "switchover_timeout_s": 20.0}
 
 
-def config_text(chroot: str, fencing: tuple[str, ...] = ("scsi_pr",), timing: dict[str, float] | None = None) -> str:
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def config_text(chroot: str, fencing: tuple[str, ...] = ("scsi_pr",), timing: dict[str, float] | None = None,
+                runtime_dir: str = "/run/hacontrol", link_port: int | None = None) -> str:
+    """``link_port``: a peer link on two loopback paths (127.0.1.N and 127.0.2.N) on that UDP port."""
     t = {**TIMING, **(timing or {})}
-    lines = ['[cluster]', 'name = "itest"', 'backend = "lio"', 'port_takeover = false', '']
+    lines = ['[cluster]', 'name = "itest"', 'backend = "lio"', 'port_takeover = false',
+             f'runtime_dir = "{runtime_dir}"', '']
     for i, node in enumerate(NODES):
         lines += ['[[node]]', f'name = "{node}"', f'id = {i + 1}',
                   '  [[node.interface]]', '  name = "eth1"', f'  address = "192.0.2.{i + 1}/24"']
+        if link_port is not None:
+            lines.insert(len(lines) - 3, f'peer_link = ["127.0.1.{i + 1}", "127.0.2.{i + 1}"]')
         for method in fencing:
             extra = '  argv = ["/bin/true"]' if method == "command" else ""
             lines += ['  [[node.fencing]]', f'  method = "{method}"', extra]
     lines += ['', '[zookeeper]', 'hosts = ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]', f'chroot = "{chroot}"', '',
               '[timing]'] + [f"{k} = {v}" for k, v in t.items()] + [
         '', '[[vip]]', 'address = "192.0.2.10/24"', 'interface = "eth1"']
+    if link_port is not None:
+        lines += ['', '[peer_link]', 'key = "integration-tests-peer-key"', f'port = {link_port}']
     return "\n".join(lines) + "\n"
 
 
@@ -123,6 +136,7 @@ class AgentPair:
     work: Path
     fencing: tuple[str, ...] = ("scsi_pr",)
     timing: dict[str, float] = field(default_factory=dict)
+    peer_link: bool = False
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     proxies: dict[str, list[ZkProxy]] = field(default_factory=dict)
     marks: list[tuple[float, str]] = field(default_factory=list)
@@ -131,7 +145,9 @@ class AgentPair:
         self.doubles = self.work / "doubles"
         self.doubles.mkdir(parents=True, exist_ok=True)
         self.config = self.work / "hacontrol.toml"
-        self.config.write_text(config_text(self.chroot, self.fencing, self.timing))
+        self.runtime_dir = self.work / "run"
+        self.config.write_text(config_text(self.chroot, self.fencing, self.timing, str(self.runtime_dir),
+                                           free_udp_port() if self.peer_link else None))
         for node in NODES:
             self.proxies[node] = [ZkProxy((m.host, m.client_port)) for m in self.ensemble.members]
 
@@ -189,11 +205,13 @@ class AgentPair:
 
     # --- looking at what happened -------------------------------------------------------------
 
-    def hactl(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    def hactl(self, *args: str, timeout: float = 60, env: dict[str, str] | None = None
+              ) -> subprocess.CompletedProcess:
         argv = [sys.executable, "-m", "hacontrol.cli.main", *args, "--config", str(self.config)]
         if "--zk-hosts" not in args:
             argv += ["--zk-hosts", self.ensemble.connect_string]
-        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=ROOT, check=False)
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=ROOT, check=False,
+                              env={**os.environ, **(env or {})})
 
     def status(self) -> dict[str, Any]:
         out = self.hactl("status", "--json")

@@ -162,3 +162,48 @@ def test_tgt_backend_limits_are_refused_by_config_check(tmp_path, capsys):
     assert hactl(["config", "check", str(f)]) == 2
     err = capsys.readouterr().err
     assert "tgt reserves LUN 0" in err and "cannot hide LUNs" in err
+
+
+# --- the peer link -----------------------------------------------------------------------------------------
+
+def test_the_example_has_a_two_path_peer_link():
+    cfg = load(EXAMPLE)
+    assert cfg.peer_link is not None and cfg.peer_link.fast_takeover and cfg.peer_link.failsafe
+    assert cfg.nodes[0].peer_link == ("198.51.100.1", "192.0.2.1") and "0f3c" not in repr(cfg.peer_link)
+
+
+@pytest.mark.parametrize(("old", "new", "key", "words"), [
+    ('key = "0f3c9a1e5b7d2c4a6e8f0b1d3c5a7e9f"', 'key = "short"', "peer_link.key", "16–128 characters"),
+    ('peer_link = ["198.51.100.2", "192.0.2.2"]', 'peer_link = ["198.51.100.2"]', "node.peer_link",
+     "different number of paths"),
+    ('peer_link = ["198.51.100.2", "192.0.2.2"]', 'peer_link = ["198.51.100.2", "2001:db8::2"]',
+     "node.peer_link[1]", "mixes IPv4 and IPv6"),
+    ('peer_link = ["198.51.100.2", "192.0.2.2"]', 'peer_link = ["198.51.100.2", "eth1"]', "node[1].peer_link",
+     "not an IP address"),
+    ('peer_link = ["198.51.100.2", "192.0.2.2"]', 'peer_link = ["198.51.100.1", "192.0.2.2"]', "node.peer_link",
+     "listed twice"),
+    ('peer_link = ["198.51.100.2", "192.0.2.2"]\n', '', "node[1].peer_link", "has no peer-link address"),
+    ("peer_dead_after_s = 0.3", "peer_dead_after_s = 0.15", "timing.peer_dead_after_s", "one lost heartbeat"),
+    ("heartbeat_interval_s = 0.1", "heartbeat_interval_s = 0.5\npeer_dead_after_s = 1.5",
+     "timing.heartbeat_interval_s", "fewer than three heartbeats"),
+])
+def test_peer_link_mistakes_are_refused_with_the_key_and_the_fix(old, new, key, words):
+    text = edit(old, new)
+    if "peer_dead_after_s = 1.5" in new:
+        text = text.replace("peer_dead_after_s = 0.3     # peer link: silent on every path this long = dead "
+                            "(fast takeover)\n", "")
+    problems = refuse(text)
+    assert any(p.startswith(key) and words in p and "fix:" in p for p in problems), problems
+    assert not any("0f3c9a1e" in p for p in problems)
+
+
+def test_fast_takeover_needs_a_power_method_for_both_controllers():
+    text = re.sub(r'  \[\[node\.fencing\]\]\n  method = "ipmi"\n(  [a-z_]+ = .*\n)+', "", TEXT)
+    problems = refuse(text)
+    assert any(p.startswith("peer_link.fast_takeover") and "power fence method" in p for p in problems), problems
+    assert loads(text.replace("fast_takeover = true ", "fast_takeover = false"))
+
+
+def test_addresses_without_a_peer_link_table_are_refused():
+    text = re.sub(r"\[peer_link\].*?\n\n", "", TEXT, flags=re.S)
+    assert any(p.startswith("peer_link") and "no [peer_link] table" in p for p in refuse(text))

@@ -1,9 +1,11 @@
 """hactl lab: the local lab (two controllers, ZooKeeper, a client) on this machine, in network namespaces.
 
-    hactl lab demo [--json] [--keep]   up, I/O, kill the active, failover, planned failover back, timeline, down
-    hactl lab up | down | status
+    hactl lab demo [--json] [--keep] [--no-peer-link]   up, I/O, kill the active, failover, planned failover
+                                                        back, timeline, down
+    hactl lab up [--no-peer-link] | down | status
     hactl lab failover [--to NODE]
     hactl lab kill NODE | freeze NODE | thaw NODE | partition NODE | power-off NODE | start NODE | heal
+    hactl lab zk-stop | zk-start         the whole ZooKeeper ensemble down (an outage), and back
 
 Needs root (namespaces, tgtd). Every address lives inside the lab's namespaces; `down` (and Ctrl-C during
 `demo`) removes every namespace, process and file the lab created.
@@ -31,8 +33,12 @@ def add_parser(sub: Any) -> None:
     demo = lsub.add_parser("demo", help="the whole story, with a timeline")
     demo.add_argument("--json", action="store_true")
     demo.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
-    for verb in ("up", "down", "status", "heal"):
+    for verb in ("up", "down", "status", "heal", "zk-stop", "zk-start"):
         lsub.add_parser(verb)
+    for verb in ("demo", "up"):
+        lsub.choices[verb].add_argument(
+            "--no-peer-link", action="store_true",
+            help="no heartbeats between the agents: a dead active is detected by ZooKeeper's session expiry")
     fo = lsub.add_parser("failover", help="planned switchover inside the lab")
     fo.add_argument("--to", choices=NODES)
     for verb in ("kill", "freeze", "thaw", "partition", "power-off", "start"):
@@ -46,7 +52,7 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     if os.geteuid() != 0:
         raise CliError("the lab needs root (network namespaces, tgtd)", USAGE)
-    lab = Lab(Path(args.lab_dir))
+    lab = Lab(Path(args.lab_dir), peer_link=not getattr(args, "no_peer_link", False))
     try:
         return _dispatch(lab, args)
     except LabError as exc:
@@ -88,6 +94,8 @@ def _dispatch(lab: Lab, args: argparse.Namespace) -> int:
         action(args.node)
     elif verb == "heal":
         lab.heal()
+    elif verb in ("zk-stop", "zk-start"):
+        (lab.zk_stop if verb == "zk-stop" else lab.zk_start)()
     print(json.dumps({"done": verb, "node": getattr(args, "node", None)}))
     return OK
 

@@ -2,8 +2,9 @@
 
 1. Bring the lab up; wait for one active controller.
 2. Start the probe initiator in the client namespace (writes every 10 ms, verifies everything at the end).
-3. Kill the active controller's agent and target (kill -9); the survivor detects the session expiry, fences
-   (the lab's power-off), claims the VIP and announces it; the probe logs in again.
+3. Kill the active controller's agent and target (kill -9); the survivor notices (the active falls silent on
+   the peer link, or without the link its ZooKeeper session expires), fences (the lab's power-off), claims
+   the VIP and announces it; the probe logs in again.
 4. Power the dead controller back on; it rejoins as standby.
 5. With a fresh probe run, `hactl failover` back to the first controller (planned, no detection phase).
 6. Print both timelines and the probe's verdicts; tear the lab down (unless --keep).
@@ -63,7 +64,7 @@ class Demo:
 
     # --- the probe ------------------------------------------------------------------------------------
 
-    def start_probe(self, name: str) -> tuple[subprocess.Popen, Path]:
+    def start_probe(self, name: str, duration_s: float = 300) -> tuple[subprocess.Popen, Path]:
         state = self.lab.state()
         stop_file = self.lab.directory / f"{name}.stop"
         stop_file.unlink(missing_ok=True)
@@ -72,7 +73,7 @@ class Demo:
         vip = state["vip"].split("/")[0]
         proc = subprocess.Popen(["ip", "netns", "exec", state["netns"]["client"], sys.executable, "-m",
                                  "hacontrol.cli.main", "probe", "io", "--portal", f"{vip}:3260", "--target", IQN,
-                                 "--lun", str(LUN_ID), "--duration", "300", "--interval-ms", "10",
+                                 "--lun", str(LUN_ID), "--duration", str(duration_s), "--interval-ms", "10",
                                  "--command-timeout", "2", "--login-timeout", "0.5", "--max-backoff", "0.05",
                                  "--stop-file", str(stop_file), "--json"], stdout=out, stderr=err,
                                 start_new_session=True)
@@ -173,6 +174,7 @@ def _timeline(t0: float, record: dict[str, Any], probe: dict[str, Any]) -> dict[
         "errors_by_kind": probe.get("errors_by_kind", {}),
         "probe_fatal": probe.get("fatal"),
         "fence": record.get("fence", "") if record else "",
+        "detected_by": record.get("detected_by", "zookeeper") if record else "",
     }
 
 
@@ -236,8 +238,10 @@ PHASE_LABELS = {"claimed": "leader znode + new epoch", "fenced": "peer fenced", 
 
 def timeline_events(r: dict[str, Any], zero: str, *, unplanned: bool) -> list[tuple[float, str]]:
     """The timeline's lines as (seconds, label), in time order: the fault, each phase, the initiator's pause."""
-    detect = "survivor sees the leader znode gone (session expired)" if unplanned else \
-        "target sees the leader znode released"
+    detect = "target sees the leader znode released"
+    if unplanned:
+        detect = ("survivor hears nothing from the active on the peer link (both paths)"
+                  if r.get("detected_by") == "peer_link" else "survivor sees the leader znode gone (session expired)")
     events = [(0.0, zero)]
     events += [(t, detect if phase == "detect" else PHASE_LABELS.get(phase, phase)) for phase, t in
                r["phases_s"].items()]

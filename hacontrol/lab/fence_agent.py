@@ -62,6 +62,8 @@ def power_off(lab_dir: Path, node: str) -> None:
     subprocess.run(["ip", "-n", ns, "addr", "del", state["vip"], "dev", "eth0"], capture_output=True, check=False,
                    timeout=5)
     subprocess.run(["ip", "-n", ns, "link", "set", "eth0", "down"], capture_output=True, check=True, timeout=5)
+    # the interconnect (peer link path 0) goes dark with the power, too (a lab without one has nothing to pull)
+    subprocess.run(["ip", "-n", ns, "link", "set", "ic0", "down"], capture_output=True, check=False, timeout=5)
     state.setdefault("off", {})[node] = True
     tmp = lab_dir / "state.json.fence"
     tmp.write_text(json.dumps(state, indent=2, sort_keys=True))

@@ -4,7 +4,11 @@ Namespaces ``hclab-ctrl-a``, ``hclab-ctrl-b``, ``hclab-client`` and ``hclab-zk``
 ``hclab-sw``); every address lives inside them. Each controller namespace runs a real tgtd and a real
 ``hacontrol`` agent with the real ZooKeeper, network and tgt adapters; the two tgtds export the same
 backing file (the "shared disk"). Power fencing is the lab's own fence agent (``hactl lab power-off``):
-it kills the controller's processes, drops its addresses and pulls its link, as a power cut would.
+it kills the controller's processes, drops its addresses and pulls its links, as a power cut would.
+
+The agents' peer link has two paths: a direct cable between the two controller namespaces (``ic0``,
+10.77.2.0/24: the cluster link) and the shared segment (the data network). ``Lab(peer_link=False)``
+leaves it out, so detection falls back to ZooKeeper's session expiry (``hactl lab demo --no-peer-link``).
 
 State (PIDs, paths) is kept in ``<lab dir>/state.json``; ``down`` ends every process it lists, by PID,
 checking that the PID still runs what the lab started, and removes the namespaces and the lab directory.
@@ -27,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from hacontrol.lab import fence_agent, netns, tgtd
-from hacontrol.lab.zookeeper import Ensemble
+from hacontrol.lab.zookeeper import Ensemble, start_server
 
 PREFIX = "hclab"
 NODES = ("ctrl-a", "ctrl-b")
@@ -37,12 +41,17 @@ IQN = "iqn.2026-11.org.hacontrol.lab:array"
 SERIAL = "4c61624c554e31a5b6c7d8e9f0a1b2c3"
 LUN_ID = 1  # tgt keeps LUN 0 for itself
 ZK_BASE_PORT = 2181
+ZK_MEMBERS = 3
+ZK_HEAP_MB = 64
 TGT_CONTROL_PORTS = {"ctrl-a": 7101, "ctrl-b": 7102}
 DISK_MB = 256
 DEFAULT_DIR = os.environ.get("HACONTROL_LAB_DIR", "/run/hacontrol-lab")
 TIMING = {"session_timeout_s": 2.0, "loop_interval_s": 0.1, "demote_deadline_s": 1.0, "watchdog_margin_s": 0.4,
           "operation_timeout_s": 0.25, "fence_retry_s": 0.5, "standby_settle_s": 0.3, "switchover_timeout_s": 20.0,
-          "startup_grace_s": 5.0}
+          "startup_grace_s": 5.0, "heartbeat_interval_s": 0.1, "peer_dead_after_s": 0.3}
+INTERCONNECT = "ic0"  # the direct cable between the controllers (peer link path 0)
+INTERCONNECT_NET = "10.77.2"  # /24, inside the two controller namespaces only
+PEER_LINK_KEY = "lab-peer-link-key-not-a-secret"  # the lab's own; a real cluster gets a random one
 
 
 class LabError(RuntimeError):
@@ -52,6 +61,7 @@ class LabError(RuntimeError):
 @dataclass
 class Lab:
     directory: Path = Path(DEFAULT_DIR)
+    peer_link: bool = True
 
     @property
     def state_file(self) -> Path:
@@ -99,7 +109,7 @@ class Lab:
         if leftovers:
             raise LabError(f"namespaces {leftovers} exist but no lab state does: run `hactl lab down` to clean up")
         self.directory.mkdir(parents=True, exist_ok=True)
-        state: dict[str, Any] = {"started": time.time(), "pids": {}, "namespaces": []}
+        state: dict[str, Any] = {"started": time.time(), "pids": {}, "namespaces": [], "peer_link": self.peer_link}
         self._save(state)
         try:
             self._build(state)
@@ -117,12 +127,14 @@ class Lab:
         state.update(addresses=addresses, vip=str(topo.address(VIP_INDEX)), netns={n: topo.members[n].netns
                                                                                   for n in MEMBERS})
         self._save(state)
+        _interconnect(state["netns"])
         disk = self.directory / "shared-disk.img"
         with open(disk, "wb") as f:
             f.truncate(DISK_MB * 1024 * 1024)
         state["disk"] = str(disk)
         ens = Ensemble(self.directory / "zk", hosts=(topo.members["zk"].address.ip.compressed,),
-                       base_port=ZK_BASE_PORT, netns=state["netns"]["zk"], tick_ms=250, heap_mb=64)
+                       base_port=ZK_BASE_PORT, netns=state["netns"]["zk"], tick_ms=250, heap_mb=ZK_HEAP_MB,
+                       size=ZK_MEMBERS)
         try:
             ens.start(timeout_s=60)
         finally:
@@ -139,6 +151,7 @@ class Lab:
         state = state or self.state()
         ns = state["netns"][node]
         _link(ns, up=True)
+        _link(ns, up=True, name=INTERCONNECT)
         vip = state["vip"].split("/")[0]
         t = tgtd.start(ns, TGT_CONTROL_PORTS[node], [vip], log_path=self.directory / f"{node}-tgtd.log",
                        nonlocal_bind=True)
@@ -211,6 +224,23 @@ class Lab:
                      f" chain in {{ type filter hook input priority 0; ip saddr {zk_ip} drop; }} }}")
             subprocess.run(["ip", "netns", "exec", ns, "nft", rules], check=True, capture_output=True, timeout=5)
 
+    def zk_stop(self) -> None:
+        """The whole ensemble stops (every member, SIGTERM): a ZooKeeper outage."""
+        state = self.state()
+        for myid in range(1, ZK_MEMBERS + 1):
+            _stop_pid(state["pids"].get(f"zk{myid}"))
+
+    def zk_start(self) -> None:
+        """Start every member that is not running, from its own directory (its data survives)."""
+        state = self.state()
+        for myid in range(1, ZK_MEMBERS + 1):
+            pid = state["pids"].get(f"zk{myid}")
+            if pid and _ours(pid) and _alive(pid):
+                continue
+            proc = start_server(self.directory / "zk" / f"zk{myid}", state["netns"]["zk"], ZK_HEAP_MB)
+            state["pids"][f"zk{myid}"] = proc.pid
+            self._save(state)
+
     def heal(self) -> None:
         state = self.state()
         for node in NODES:
@@ -221,16 +251,23 @@ class Lab:
 
 
 def config_text(state: dict[str, Any], directory: Path) -> str:
-    """The lab's hacontrol.toml: backend tgt (VIP-only failover), lab power fencing, the lab's ensemble."""
-    lines = ['[cluster]', 'name = "lab"', 'backend = "tgt"', 'port_takeover = false', '']
+    """The lab's hacontrol.toml: backend tgt (VIP-only failover), lab power fencing, the lab's ensemble, and
+    (unless the lab was brought up without it) the peer link on the interconnect and the data segment."""
+    link = state.get("peer_link", True)
+    lines = ['[cluster]', 'name = "lab"', 'backend = "tgt"', 'port_takeover = false',
+             f'runtime_dir = "{directory / "run"}"', '']
     for i, node in enumerate(NODES):
-        lines += ['[[node]]', f'name = "{node}"', f'id = {i + 1}', '  [[node.interface]]', '  name = "eth0"',
-                  f'  address = "{state["addresses"][node]}"', '  [[node.fencing]]', '  method = "command"',
+        paths = f'["{INTERCONNECT_NET}.{i + 1}", "{state["addresses"][node].split("/")[0]}"]'
+        lines += ['[[node]]', f'name = "{node}"', f'id = {i + 1}', *([f"peer_link = {paths}"] if link else []),
+                  '  [[node.interface]]', '  name = "eth0"', f'  address = "{state["addresses"][node]}"',
+                  '  [[node.fencing]]', '  method = "command"',
                   f'  argv = ["{sys.executable}", "-m", "hacontrol.lab.fence_agent", "{node}", "{directory}"]',
                   '  timeout_s = 10.0', '']
     hosts = ", ".join(f'"{h}"' for h in state["zk_hosts"].split(","))
     lines += ['[zookeeper]', f'hosts = [{hosts}]', 'chroot = "/hacontrol/lab"', '', '[timing]']
     lines += [f"{k} = {v}" for k, v in TIMING.items()]
+    if link:
+        lines += ['', '[peer_link]', f'key = "{PEER_LINK_KEY}"']
     lines += ['', '[[vip]]', f'address = "{state["vip"]}"', 'interface = "eth0"', '',
               '[network]', 'dad_timeout_s = 0.1', '',
               '[[target]]', f'iqn = "{IQN}"', f'allowed_networks = ["{netns.LAB_NETWORK}"]', '  [[target.lun]]',
@@ -240,9 +277,20 @@ def config_text(state: dict[str, Any], directory: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _link(ns: str, up: bool) -> None:
-    subprocess.run(["ip", "-n", ns, "link", "set", "eth0", "up" if up else "down"], check=True,
+def _link(ns: str, up: bool, name: str = "eth0") -> None:
+    subprocess.run(["ip", "-n", ns, "link", "set", name, "up" if up else "down"], check=True,
                    capture_output=True, timeout=5)
+
+
+def _interconnect(namespaces: dict[str, str]) -> None:
+    """A direct cable between the two controllers: a veth pair born with its ends in their namespaces."""
+    a, b = (namespaces[n] for n in NODES)
+    subprocess.run(["ip", "-n", a, "link", "add", INTERCONNECT, "type", "veth", "peer", "name", INTERCONNECT,
+                    "netns", b], check=True, capture_output=True, timeout=5)
+    for i, ns in enumerate((a, b), start=1):
+        subprocess.run(["ip", "-n", ns, "addr", "add", f"{INTERCONNECT_NET}.{i}/24", "dev", INTERCONNECT],
+                       check=True, capture_output=True, timeout=5)
+        _link(ns, up=True, name=INTERCONNECT)
 
 
 def _ours(pid: int) -> bool:

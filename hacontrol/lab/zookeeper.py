@@ -125,13 +125,7 @@ class Ensemble:
         m = self.member(myid)
         if m.process is not None and m.process.poll() is None:
             return
-        argv = ["java", f"-Xmx{self.heap_mb}m", "-XX:+UseSerialGC", "-Dzookeeper.jmx.log4j.disable=true",
-                "-cp", CLASSPATH, MAIN, str(m.directory / "zoo.cfg")]
-        if self.netns:
-            argv = ["ip", "netns", "exec", self.netns, *argv]
-        log = open(m.directory / "server.log", "ab")  # noqa: SIM115 - handed to the child, closed by the OS
-        m.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
+        m.process = start_server(m.directory, self.netns, self.heap_mb)
 
     def stop_member(self, myid: int, kill: bool = False, timeout_s: float = 10.0) -> None:
         m = self.member(myid)
@@ -199,6 +193,20 @@ class Ensemble:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def start_server(directory: Path, netns: str | None, heap_mb: int) -> subprocess.Popen:
+    """One member from its directory (zoo.cfg and data written by Ensemble.start): also how the lab restarts
+    a member it stopped."""
+    argv = ["java", f"-Xmx{heap_mb}m", "-XX:+UseSerialGC", "-Dzookeeper.jmx.log4j.disable=true",
+            "-cp", CLASSPATH, MAIN, str(directory / "zoo.cfg")]
+    if netns:
+        argv = ["ip", "netns", "exec", netns, *argv]
+    log = open(directory / "server.log", "ab")  # noqa: SIM115 - handed to the child, closed by the OS
+    try:
+        return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    finally:
+        log.close()
 
 
 def _four_letter(host: str, port: int, word: str, timeout_s: float) -> str:

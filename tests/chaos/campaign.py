@@ -71,6 +71,7 @@ def run_trial(cluster: Cluster, seed: int, index: int, names: list[str], workdir
                          last_samples=[vars(x) for x in samples[-6:]])
     return {
         "seed": seed, "index": index, "fault": fault.name, "params": mark.params, "notes": mark.notes,
+        "peer_link": cluster.peer_link, "detected_by": detected_by(cluster, status, epoch_after > epoch_before),
         "active_before": active, "active_after": (status.get("leader") or {}).get("node"),
         "epoch_before": epoch_before, "epoch_after": epoch_after, "io_pause_s": rep.get("io_pause_s"),
         "io_errors": rep.get("io_errors"), "writes_acknowledged": rep.get("writes_acknowledged"),
@@ -99,6 +100,15 @@ def phases(cluster: Cluster, mark: Mark, rep: dict[str, Any], status: dict[str, 
                     out[name] = round(claimed + float(ph[name]) - float(ph["claimed"]), 3)
     out["first_io"] = first_io_after(rep, mark)
     return out
+
+
+def detected_by(cluster: Cluster, status: dict[str, Any], changed: bool) -> str | None:
+    """How the new active noticed the old one was gone: "peer_link" or "zookeeper" (None: no takeover)."""
+    leader = (status.get("leader") or {}).get("node")
+    if not changed or not leader:
+        return None
+    records = [r for r in cluster.history() if r.get("to") == leader and r.get("kind") == "failover"]
+    return records[-1].get("detected_by", "zookeeper") if records else None
 
 
 def write_report(out: Path) -> Path:

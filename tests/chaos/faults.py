@@ -2,6 +2,9 @@
 what the initiator may see (its Budget). Faults that need healing leave that to Cluster.restore().
 
 Budgets are in terms of the session timeout S of the rig's configuration (vagrant/rigctl/agents.TIMING).
+What a fault should cause depends on the peer link (on in the rig unless HACONTROL_RIG_PEER_LINK=0): with it,
+a dead or frozen active is taken over after the link's silence instead of the session expiry, and an active
+cut from ZooKeeper keeps serving on the standby's promise instead of failing over.
 """
 
 from __future__ import annotations
@@ -34,6 +37,10 @@ class Ctx:
     @property
     def s(self) -> float:
         return self.cluster.session_timeout_s
+
+    @property
+    def link(self) -> bool:
+        return self.cluster.peer_link
 
     def wait_active(self, node: str, timeout_s: float) -> float | None:
         """Seconds until ``node`` is the active controller, or None."""
@@ -69,8 +76,11 @@ def kill_agent(c: Ctx, m: Mark) -> None:
 
 
 def freeze_agent(factor: float) -> Callable[[Ctx, Mark], None]:
+    """A short freeze stays under what detects a dead active (``factor`` of the session, or of the peer link's
+    silence when the link is on); a long one (factor > 1) is well past both."""
     def run(c: Ctx, m: Mark) -> None:
-        m.params["seconds"] = seconds = round(factor * c.s, 2)
+        unit = c.cluster.dead_after_s if c.link and factor < 1 else c.s
+        m.params["seconds"] = seconds = round(factor * unit, 2)
         m.now()
         c.rig.freeze_agent(c.active, seconds)
         if factor > 1:
@@ -97,16 +107,24 @@ def power_off(c: Ctx, m: Mark) -> None:
 
 
 def partition(target: str, expect_failover: bool) -> Callable[[Ctx, Mark], None]:
+    """``expect_failover``: without the peer link (a ZooKeeper partition fails over only then)."""
     def run(c: Ctx, m: Mark) -> None:
         m.params["seconds"] = seconds = round(c.rng.uniform(3, 5) * c.s, 2)
         m.now()
         c.rig.partition(c.active, target)
-        if expect_failover:
+        if expect_failover and not (target == "zk" and c.link):
             c.wait_active(c.standby, 6 * c.s + 30)
         else:
             time.sleep(seconds)
         c.rig.heal()
     return run
+
+
+def _zk_partition_budget(s: float) -> Budget:
+    """Without the link: a failover. With it: the active serves on (its session expires meanwhile, so it leads
+    again under a new epoch after the heal: one epoch change, no pause). Both are allowed here; the trial's
+    record says which it was (active_before/active_after)."""
+    return Budget(io_pause_s=s + 6.0, epoch_changes=(1, 1))
 
 
 def standby_isolated(c: Ctx, m: Mark) -> None:
@@ -196,6 +214,33 @@ def planned(back_to_back: bool) -> Callable[[Ctx, Mark], None]:
     return run
 
 
+def zk_outage(c: Ctx, m: Mark) -> None:
+    """Every ZooKeeper member stopped for 3-5 S (every session expires), then started again."""
+    m.params["seconds"] = seconds = round(c.rng.uniform(3, 5) * c.s, 2)
+    members = list(range(1, len(c.rig.topology.zookeeper.members) + 1))
+    m.now()
+    for member in members:
+        c.rig.zk_stop(member)
+    time.sleep(seconds)
+    for member in members:
+        c.rig.zk_start(member)
+    time.sleep(3 * c.s)
+
+
+def _zk_outage_budget(s: float) -> Budget:
+    """With the link the datastore stays up (no pause, no error) and the active leads again afterwards (one
+    epoch change); without it, it stops for the outage (errors allowed, as for a quorum loss)."""
+    return Budget(io_pause_s=6 * s + 10, epoch_changes=(0, 1))
+
+
+def peer_lossy(c: Ctx, m: Mark) -> None:
+    m.params["seconds"] = seconds = 30
+    m.now()
+    c.rig.partition(c.active, "peer-lossy")
+    time.sleep(seconds)
+    c.rig.heal()
+
+
 def lossy_zk(c: Ctx, m: Mark) -> None:
     m.params["seconds"] = seconds = 30
     m.now()
@@ -206,12 +251,18 @@ def lossy_zk(c: Ctx, m: Mark) -> None:
 
 CATALOG: dict[str, Fault] = {f.name: f for f in (
     Fault("kill-agent", kill_agent, _failover, ci=True, about="kill -9 of the active agent"),
-    Fault("freeze-agent-short", freeze_agent(0.4), _nothing, about="SIGSTOP the active agent for 0.4 S"),
+    Fault("freeze-agent-short", freeze_agent(0.4), _nothing,
+          about="SIGSTOP the active agent for 0.4 S (0.4 of the peer link's silence when the link is on)"),
     Fault("freeze-agent-long", freeze_agent(2.5), _failover, about="SIGSTOP the active agent for 2.5 S"),
     Fault("freeze-vm", freeze_vm, lambda s: _failover(s, 10.0), about="pause the active VM for 2-3 S"),
     Fault("power-off", power_off, _failover, ci=True, about="power the active VM off"),
-    Fault("partition-zk", partition("zk", True), _failover, ci=True, about="active cut from ZooKeeper"),
-    Fault("partition-peer", partition("peer", False), _nothing, about="active cut from its peer"),
+    Fault("partition-zk", partition("zk", True), _zk_partition_budget, ci=True,
+          about="active cut from ZooKeeper (fails over without the peer link; serves on with it)"),
+    Fault("partition-peer", partition("peer", False), _nothing,
+          about="active cut from its peer on every network (both peer-link paths)"),
+    Fault("peer-link-lossy", peer_lossy, _nothing, about="10 % packet loss on the interconnect for 30 s"),
+    Fault("zk-outage", zk_outage, _zk_outage_budget, ci=True,
+          about="every ZooKeeper member stopped for 3-5 S (the peer link keeps the datastore up)"),
     Fault("partition-initiators", partition("initiators", False),
           lambda s: Budget(io_pause_s=5 * s + 6, epoch_changes=(0, 0), io_errors_allowed=True),
           about="active cut from the initiators (hacontrol cannot see it: I/O waits for the heal)"),

@@ -58,6 +58,17 @@ class Cluster:
     rig: Any
     session_timeout_s: float = agents.TIMING["session_timeout_s"]
 
+    @property
+    def peer_link(self) -> bool:
+        """The deployed configuration has the agents' peer link (fast takeover, failsafe)."""
+        config = self.rig.paths.run / "hacontrol.toml"
+        return config.exists() and "[peer_link]" in config.read_text()
+
+    @property
+    def dead_after_s(self) -> float:
+        """Peer link: silence that counts as a dead peer, as deployed (the rig scales it by its speed)."""
+        return self.rig.scaled(agents.PEER_DEAD_AFTER_S)
+
     def status(self) -> dict[str, Any]:
         try:
             return agents.status(self.rig)

@@ -10,7 +10,10 @@
 - one target with the shelf's disks as LUNs (the same by-id paths on both controllers), ACLs for the
   initiator VM and for the host-side probe, the SAN network allowed;
 - fencing: SCSI-3 PR on the shelf's disks, then power through the peer VM's "power switch" (a QMP monitor
-  on the management network, see launch_qemu.power_port).
+  on the management network, see launch_qemu.power_port);
+- the peer link (unless ``peer_link=False``): heartbeats on the interconnect (ic) and the SAN, so a dead
+  active is powered off and taken over before its session expires, and an active cut from ZooKeeper keeps
+  serving while its peer promises not to claim.
 
 hactl runs on the host *inside* the rig namespace (ZooKeeper is reachable there), never in the root one.
 """
@@ -38,7 +41,11 @@ GUEST_CONFIG = "/etc/hacontrol/hacontrol.toml"
 # same safety rules: demote deadline + tick + 2 steps before the watchdog, watchdog before expiry).
 TIMING = {"session_timeout_s": 3.0, "loop_interval_s": 0.2, "demote_deadline_s": 1.2, "watchdog_margin_s": 0.6,
           "operation_timeout_s": 0.3, "fence_retry_s": 1.0, "standby_settle_s": 0.5, "switchover_timeout_s": 30.0,
-          "startup_grace_s": 8.0}
+          "startup_grace_s": 8.0, "heartbeat_interval_s": 0.1}
+# Silence on every path for this long counts as a dead peer. A TCG guest can stall for a few hundred ms when
+# the host is busy, so the rig waits longer than the 0.3 s default, and longer still on a slower host.
+PEER_DEAD_AFTER_S = 0.5
+PEER_LINK_KEY = "rig-peer-link-key-not-a-secret"
 
 
 def san_interface(rig: Any, node: str) -> str:
@@ -58,7 +65,12 @@ def _addr(rig: Any, host: int) -> str:
 
 
 def config_text(rig: Any, *, port_takeover: bool = True, timing: dict[str, float] | None = None,
-                power_fencing: bool = True, watchdog: bool = True) -> str:
+                power_fencing: bool = True, watchdog: bool = True, peer_link: bool | None = None) -> str:
+    """``peer_link`` None: on unless HACONTROL_RIG_PEER_LINK=0 (the session-expiry path, for comparisons);
+    it needs power fencing (a fast takeover powers the silent peer off)."""
+    if peer_link is None:
+        peer_link = os.environ.get("HACONTROL_RIG_PEER_LINK", "1") != "0"
+    peer_link = peer_link and power_fencing
     topo = rig.topology
     names = [n.name for n in topo.controllers]
     iface = san_interface(rig, names[0])
@@ -66,7 +78,9 @@ def config_text(rig: Any, *, port_takeover: bool = True, timing: dict[str, float
     disks = _disks(rig)
     for i, name in enumerate(names, start=1):
         node = topo.nodes[name]
+        link = [node.address(topo.networks["ic"]), node.address(topo.networks["san"])]
         lines += ["[[node]]", f'name = "{name}"', f"id = {i}", f'address = "{node.address(topo.networks["mgmt"])}"',
+                  *([f"peer_link = {json.dumps(link)}"] if peer_link else []),
                   "  [[node.interface]]", f'  name = "{iface}"',
                   f'  address = "{node.address(topo.networks["san"])}/{topo.networks["san"].prefix}"',
                   "  [[node.portal]]", f'  address = "{_addr(rig, PORTAL_HOST[name])}"', f'  interface = "{iface}"',
@@ -81,8 +95,11 @@ def config_text(rig: Any, *, port_takeover: bool = True, timing: dict[str, float
     lines += ["[zookeeper]", f"hosts = [{hosts}]", 'chroot = "/hacontrol/rig"', "", "[timing]"]
     # A controller that finds no peer waits startup_grace_s before it claims alone (and power-fences the absent
     # peer): on a slower host the peer's start takes longer, so the grace follows the speed factor.
-    grace = {"startup_grace_s": round(rig.scaled(TIMING["startup_grace_s"]), 1)}
+    grace = {"startup_grace_s": round(rig.scaled(TIMING["startup_grace_s"]), 1),
+             "peer_dead_after_s": round(rig.scaled(PEER_DEAD_AFTER_S), 2)}
     lines += [f"{k} = {v}" for k, v in {**TIMING, **grace, **(timing or {})}.items()]
+    if peer_link:
+        lines += ["", "[peer_link]", f'key = "{PEER_LINK_KEY}"']
     lines += ["", "[[vip]]", f'address = "{_addr(rig, VIP_HOST)}"', f'interface = "{iface}"', "",
               "[[target]]", f'iqn = "{IQN}"', f'allowed_networks = ["{topo.networks["san"].cidr}"]']
     for lun, disk in enumerate(disks):

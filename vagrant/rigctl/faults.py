@@ -14,15 +14,15 @@ from .config import Node, Topology
 from .proc import NULL_LOG, EventLog, RigError, run
 
 TABLE = "hacrig"
-PARTITION_TARGETS = ("zk", "zk-lossy", "peer", "initiators")
-LOSS_PERCENT = 10  # zk-lossy: this share of the packets between NODE and ZooKeeper is dropped, each way
+PARTITION_TARGETS = ("zk", "zk-lossy", "peer", "peer-lossy", "initiators")
+LOSS_PERCENT = 10  # zk-lossy, peer-lossy: this share of the packets is dropped, each way
 
 
 @dataclass(frozen=True)
 class Fault:
     kind: str  # "partition" | "disk-path"
     node: str
-    target: str = ""  # for partitions: zk | peer | initiators
+    target: str = ""  # for partitions: zk | zk-lossy | peer | peer-lossy | initiators
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -61,6 +61,12 @@ def rules_for(fault: Fault, topology: Topology, taps_of: TapsOf) -> list[tuple[s
         theirs = _quoted(list(taps_of(topology.peer_of(node.name)).values()))
         return [("forward", f"iifname {mine} oifname {theirs} drop"),
                 ("forward", f"iifname {theirs} oifname {mine} drop")]
+    if fault.target == "peer-lossy":  # one path of the peer link: the interconnect between the controllers
+        mine = _tap(taps, "ic", node)
+        theirs = _tap(taps_of(topology.peer_of(node.name)), "ic", node)
+        loss = f"numgen random mod 100 < {LOSS_PERCENT}"
+        return [("forward", f'iifname "{mine}" oifname "{theirs}" {loss} drop'),
+                ("forward", f'iifname "{theirs}" oifname "{mine}" {loss} drop')]
     if fault.target == "initiators":
         net = "san"
         tap = _tap(taps, net, node)

@@ -96,6 +96,7 @@ class Agent:
                 self.wake.wait(remaining)
 
     def _log(self, r: TickReport) -> None:
+        """One event per tick; what the peer link heard is added when the plan rests on it."""
         c, d = r.observation.coord, r.observation.datapath
         acting = [a for a in r.results if a.action not in ROUTINE_ACTIONS]
         changed = r.plan.reason is not self._last_reason
@@ -115,6 +116,7 @@ class Agent:
         self._last_failure = failure
         emit(
             "tick",
+            **_link_evidence(r, now),
             reason=r.plan.reason.value,
             role=r.plan.role.value,
             session=c.session.value,
@@ -128,3 +130,17 @@ class Agent:
             blockers=[b.name for b in r.plan.blockers],
             tick_ms=round(r.duration_s * 1000, 1),
         )
+
+
+LINK_REASONS = ("fast_takeover", "failsafe", "promised")
+
+
+def _link_evidence(r: TickReport, now: float) -> dict[str, Any]:
+    """For a plan that rests on the peer link: how long ago each path and the peer's alive znode were heard."""
+    if r.plan.reason.value not in LINK_REASONS:
+        return {}
+    link, alive = r.observation.link, r.observation.coord.peer_alive_at
+    return {"peer_heard_ago": [None if t is None else round(now - t, 3) for t in link.heard],
+            "peer_alive_ago": None if alive is None else round(now - alive, 3),
+            "promise_confirmed_ago": None if link.promise_confirmed_at is None
+            else round(now - link.promise_confirmed_at, 3)}

@@ -211,6 +211,9 @@ class PeerLinkView:
     leading_epoch: int = 0
     promise_confirmed_at: float | None = None
     promised_until: float | None = None
+    # Since when our own end of the link has listened without a stall (our process starved or frozen for
+    # longer than a few heartbeats restarts it): silence before that proves nothing about the peer.
+    listening_since: float | None = None
 
     @property
     def configured(self) -> bool:

@@ -44,9 +44,13 @@ class Advert:
 
 
 def peer_silent(obs: Observation, now: float, timing: Timing) -> bool:
-    """Heard before, and nothing on any path for ``peer_dead_after_s``."""
+    """Heard before, and nothing on any path for ``peer_dead_after_s`` while we were listening (a stall of our
+    own, e.g. a starved VM, restarts the count: the peer's heartbeats may be waiting in our socket)."""
     last = obs.link.last_heard
-    return last is not None and now - last >= timing.peer_dead_after_s
+    if last is None:
+        return False
+    since = max(last, obs.link.listening_since or last)
+    return now - since >= timing.peer_dead_after_s
 
 
 def peer_standing_by(obs: Observation, now: float, timing: Timing) -> bool:

@@ -210,6 +210,9 @@ class Cluster:
             if reply is not None:
                 self.net.send(self.peer_of(name).name, path, reply, self.now)
 
+        for c in self.nodes.values():  # each link's loop runs (a thawed agent was not listening meanwhile)
+            if c.link is not None and self._runs(c):
+                c.link.awake(self.now, max_gap_s=3 * self.timing.heartbeat_interval_s)
         self.net.deliver(self.now, can_read, receive)
 
     def _link_send(self) -> None:

@@ -62,6 +62,8 @@ def test_a_silent_active_is_powered_off_then_taken_over_in_one_plan():
     ("disks not visible here", with_storage(silent_active(), visible=False)),
     ("the znode names someone else's epoch", with_coord(silent_active(), leader=Leader("b", 4, False))),
     ("ZooKeeper still sees it tick (only the link broke)", with_coord(silent_active(), peer_alive_at=NOW - 0.1)),
+    ("we were stalled ourselves until just now", link(silent_active(), heard=(NOW - 1, NOW - 1), leading_epoch=5,
+                                                      listening_since=NOW - 0.1)),
 ])
 def test_no_fast_takeover(why, obs):
     plan = decide(obs, NOW, T)

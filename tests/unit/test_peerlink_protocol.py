@@ -163,3 +163,12 @@ def test_a_replayed_promise_never_moves_the_failsafe_lease_forward():
     a.receive(later, 1, 5.0)
     a.receive(reply, 0, 9.0)  # and the original, replayed
     assert a.view().promise_confirmed_at == 1.0
+
+
+def test_a_stall_of_our_own_restarts_the_time_we_have_been_listening():
+    _, b = pair()
+    b.awake(1.0, max_gap_s=0.3)
+    b.awake(1.1, max_gap_s=0.3)
+    assert b.view().listening_since == 1.0
+    b.awake(2.5, max_gap_s=0.3)  # our loop did not run for 1.4 s: a starved VM, a SIGSTOP
+    assert b.view().listening_since == 2.5

@@ -31,6 +31,7 @@ log = structlog.get_logger("hacontrol.peerlink")
 IP_FREEBIND = 15
 RECV_BYTES = 512
 REBIND_S = 1.0  # a path whose socket could not be opened is tried again this often
+STALL_HEARTBEATS = 3  # our loop not running for this many intervals: we were stalled, not listening
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,8 @@ class PeerLink:
             while not self._stop.is_set():
                 self._open_missing(sel)
                 now = self.clock()
+                with self._lock:
+                    self.state.awake(now, max_gap_s=STALL_HEARTBEATS * self.interval_s)
                 if now >= next_send:
                     self._send_all(now)
                     next_send = max(next_send + self.interval_s, now)  # no burst to catch up after a stall

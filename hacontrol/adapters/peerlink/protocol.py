@@ -120,6 +120,8 @@ class LinkState:
     _promised_until: float | None = None
     _withheld: bool = False
     _confirmed_at: float | None = None
+    _awake_at: float | None = None
+    _listening_since: float | None = None
 
     # --- sending --------------------------------------------------------------------------------
 
@@ -217,6 +219,13 @@ class LinkState:
     def _may_promise(self) -> bool:
         return self.advert is not None and self.advert.may_promise and not self._withheld
 
+    def awake(self, now: float, max_gap_s: float) -> None:
+        """The link's loop ran at ``now``; a gap over ``max_gap_s`` since it last ran (this process starved or
+        stopped) restarts the time we have been listening."""
+        if self._awake_at is None or now - self._awake_at > max_gap_s:
+            self._listening_since = now
+        self._awake_at = now
+
     # --- the agent's side -----------------------------------------------------------------------
 
     def stop_promising(self, now: float) -> float | None:
@@ -235,4 +244,5 @@ class LinkState:
             leading_epoch=self._leading_epoch,
             promise_confirmed_at=self._confirmed_at,
             promised_until=self._promised_until,
+            listening_since=self._listening_since,
         )

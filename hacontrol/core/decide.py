@@ -421,12 +421,15 @@ def _port_moves(obs: Observation, epoch: int, now: float, timing: Timing) -> lis
 
 def _peer_gone(obs: Observation, epoch: int, now: float, timing: Timing) -> bool:
     """The peer's portals are ours to adopt: its session ended (and the link does not hear it standing by), or
-    we powered it off for this very epoch (a fast takeover: its member znode lingers until its session
-    expires)."""
-    if obs.coord.peer is None:
+    we powered it off for this very epoch and its member report is the one it wrote before (a fast takeover:
+    that znode lingers until the dead controller's session expires). A report written under our epoch is the
+    peer back with a new session: it is not gone, whatever we did to it earlier in this epoch."""
+    p = obs.coord.peer
+    if p is None:
         return not peer_standing_by(obs, now, timing)
     record = obs.storage.last_fence
-    return record is not None and record.ok and record.epoch == epoch and record.power_confirmed
+    powered_off = record is not None and record.ok and record.epoch == epoch and record.power_confirmed
+    return powered_off and p.epoch_seen < epoch
 
 
 def _handle_switchover(obs: Observation, now: float, head: list[Action], until: float) -> Plan | None:

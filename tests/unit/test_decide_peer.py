@@ -188,3 +188,16 @@ def test_a_standby_may_promise_and_a_claiming_one_may_not():
     free = with_coord(o, leader=None)
     plan = decide(free, NOW, T)
     assert plan.reason is Reason.CLAIMING and not link_advert(free, plan, NOW, T).may_promise
+
+
+def test_a_peer_back_after_being_powered_off_in_this_epoch_is_not_adopted_again():
+    """Seen in the rig: after handing the port back to a rejoined peer, the active adopted it again at once
+    (its fence record of this epoch says "powered off"), and the two flapped until the peer gave up."""
+    o = with_spec(active(), port_takeover=True, **LINKED)
+    off = FenceRecord(6, True, NOW - 30, power_confirmed=True)
+    o = with_storage(with_coord(o, epoch=6, leader=Leader("a", 6, True)), my_key_epoch=6, holder=("a", 6),
+                     last_fence=off)
+    back = with_coord(o, peer=peer_report(Role.STANDBY, SB, epoch_seen=6))
+    assert "AdoptPeerPorts" not in names(decide(back, NOW, T))
+    lingering = with_coord(o, peer=peer_report(Role.ACTIVE, AO, epoch_seen=5, vips=frozenset()))
+    assert "AdoptPeerPorts" in names(decide(lingering, NOW, T))

@@ -159,3 +159,20 @@ def test_replayed_heartbeats_neither_revive_a_dead_active_nor_renew_a_promise():
         cl.advance(T.loop_interval_s)
     assert cl.nodes[standby].link.counters.stale > 0
     assert fully_active(cl) == [standby]
+
+
+@pytest.mark.parametrize("link", [True, False])
+def test_a_powered_off_peer_that_rejoins_gets_its_port_back_once(link):
+    """The survivor adopts the dead peer's portals, hands them back when it rejoins, and leaves them there."""
+    cl = pair(port_takeover=True, peer_link=link, fast_takeover=link, failsafe=link)
+    active, standby = active_and_standby(cl)
+    cl.nodes[active].agent_running = False
+    cl.nodes[active].forget()
+    time_until_active(cl, standby, 6.0)
+    assert cl.nodes[standby].peer_ports_hosted
+    mark = len(cl.log)
+    cl.quiesce()  # the powered-off controller boots and rejoins
+    cl.advance(20.0)
+    moves = [what for _, node, what in cl.log[mark:] if node == standby and "PeerPorts" in what]
+    assert moves == ["ReleasePeerPorts"], moves
+    assert cl.nodes[active].own_ports_up and not cl.nodes[standby].peer_ports_hosted

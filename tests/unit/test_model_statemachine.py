@@ -146,8 +146,11 @@ class TwoControllers(RuleBasedStateMachine):
         active = fully_active(cl)
         assert len(active) == 1, (f"t={cl.now:.2f}: {len(active)} fully active controllers {bound:.2f}s after the "
                                   f"last fault; last plans: {[(c.name, c.last_plan) for c in cl.nodes.values()]}")
+        mark = len(cl.log)
         cl.advance(3 * cl.timing.session_timeout_s)
         assert fully_active(cl) == active, f"t={cl.now:.2f}: active controller changed without a fault"
+        moves = [(t, node, what) for t, node, what in cl.log[mark:] if "Ports" in what or "Vips" in what]
+        assert not moves, f"addresses still moving once settled, without a fault: {moves[:6]}"
 
     @invariant()
     def leader_is_unique(self) -> None:

@@ -62,6 +62,8 @@ def build_controller(cfg: Config, node: str, *, doubles: str | None = None, zk_h
     wake = threading.Event()
     session = Session(cfg.zookeeper, cfg.timing.session_timeout_s, wake=wake, hosts=zk_hosts)
     coordinator = Coordinator(session, node, peer)
+    if cfg.peer_link is not None and cfg.peer_link.fast_takeover:  # the peer reads it before taking over fast
+        coordinator.touch_every_s = cfg.timing.peer_dead_after_s / 3
     vips = managed_vips(cfg, node)
     parts = _doubles(cfg, node, doubles) if doubles else _real(cfg, node)
     fencing: Fencing = parts["fencing"]

@@ -46,6 +46,11 @@ class Coordinator:
         self.leader_at: float | None = None  # wall time in the leader znode (for history)
         self.peer_connections: Any = []  # the peer's last published iSCSI connections (port takeover tickles)
         self._peer_alive: tuple[Any, float | None] = (None, None)  # ((owner, version), when first seen)
+        # While leading, rewrite our alive znode this often (None: never; only a peer that may take over fast
+        # reads it). Fire and forget: its result is looked at on the next observation, never waited for.
+        self.touch_every_s: float | None = None
+        self._touch: Any = None
+        self._touched_at = float("-inf")
 
     # --- observing ---------------------------------------------------------------------------
 
@@ -88,11 +93,8 @@ class Coordinator:
         watches = {k: c.exists_async(self.s.path(p), watch=wake) for k, p in names.items() if k != "epoch"}
         watches["config"] = c.exists_async(self.s.path(codec.CONFIG), watch=wake)
         gets = {k: c.get_async(self.s.path(p)) for k, p in names.items()}
-        # The leader's heartbeat through ZooKeeper: rewrite our alive znode while we lead; read the peer's (no
-        # watch: it changes every tick of the peer's, and must not wake us as often)
+        # The peer's alive znode (no watch: it changes with every tick the peer leads, and must not wake us)
         peer_alive = c.exists_async(self.s.path(f"{codec.ALIVE}/{self.peer}"))
-        leading = self._view.leader is not None and self._view.leader.ours
-        touch = c.set_async(self.s.path(f"{codec.ALIVE}/{self.node}"), b"") if leading else None
         self.s.wait(sync, deadline)
         for key, w in watches.items():
             stat = self.s.wait(w, deadline)
@@ -105,8 +107,7 @@ class Coordinator:
             except NoNodeError:
                 docs[key] = (None, None)
         self._note_peer_alive(self.s.wait(peer_alive, deadline), sent_at)
-        if touch is not None:
-            self._touch_result(touch, deadline)
+        self._touch_alive(sent_at)
         if sid is None or self.s.session_id != sid or self.s.state is not SessionState.CONNECTED:
             raise AdapterError("session changed while observing")
         self._confirmed_sid = sid
@@ -153,17 +154,21 @@ class Coordinator:
         elif version != self._peer_alive[0]:
             self._peer_alive = (version, sent_at)  # changed since the last read: it ticked before this read
 
-    def _touch_result(self, touch: Any, deadline: float) -> None:
-        """Best effort: a missed touch can only make the peer think we stopped ticking (it also needs the
-        peer link silent before it acts)."""
-        try:
-            self.s.wait(touch, deadline)
-        except NoNodeError:  # first tick as leader on this session: create it (ephemeral: gone with us)
-            with contextlib.suppress(NodeExistsError):
-                self.s.wait(self.s.client.create_async(self.s.path(f"{codec.ALIVE}/{self.node}"), b"",
-                                                       ephemeral=True, acl=self.s.acl), deadline)
-        except KazooException as exc:
-            log.debug("zk_alive_not_touched", error=str(exc))
+    def _touch_alive(self, now: float) -> None:
+        """The leader's heartbeat through ZooKeeper: while we lead, rewrite our alive znode (a write each
+        ``touch_every_s``, never waited for: a ZooKeeper write commits through the leader and its disk). Best
+        effort: a missed touch can only make the peer think we stopped ticking, and it also needs the peer
+        link silent before it acts."""
+        leading = self._view.leader is not None and self._view.leader.ours
+        if self.touch_every_s is None or not leading or now - self._touched_at < self.touch_every_s:
+            return
+        c, path = self.s.client, self.s.path(f"{codec.ALIVE}/{self.node}")
+        previous, self._touch = self._touch, None
+        if previous is not None and previous.ready() and isinstance(previous.exception, NoNodeError):
+            self._touch = c.create_async(path, b"", ephemeral=True, acl=self.s.acl)  # first as leader here
+        else:
+            self._touch = c.set_async(path, b"")
+        self._touched_at = now
 
     def _intent(self, data: bytes | None) -> SwitchoverIntent | None:
         doc = codec.decode_switchover(data)

@@ -172,3 +172,11 @@ def test_a_stall_of_our_own_restarts_the_time_we_have_been_listening():
     assert b.view().listening_since == 1.0
     b.awake(2.5, max_gap_s=0.3)  # our loop did not run for 1.4 s: a starved VM, a SIGSTOP
     assert b.view().listening_since == 2.5
+
+
+def test_the_longest_silence_of_a_live_peer_is_kept():
+    a, b = pair()
+    a.advertise(ACTIVE)
+    for t in (1.0, 1.1, 1.2, 2.7, 2.8):  # a 1.5 s stall of the sender
+        b.receive(a.heartbeat(0, t), 0, t)
+    assert b.counters.longest_gap_s == 1.5

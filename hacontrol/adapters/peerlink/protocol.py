@@ -92,6 +92,8 @@ class Counters:
     stale: int = 0  # duplicate, overtaken or replayed
     promises_given: int = 0
     promises_taken: int = 0
+    longest_gap_s: float = 0.0  # the longest silence on a path that ended with a heartbeat of the same process:
+    # what a live peer's stalls (a busy or starved host) look like here, to set peer_dead_after_s above
 
 
 @dataclass
@@ -167,6 +169,9 @@ class LinkState:
             self.counters.stale += 1
             return None
         self.counters.accepted += 1
+        previous = self._heard.get(path)
+        if previous is not None and path in self._newest:  # the same incarnation heard before on this path
+            self.counters.longest_gap_s = max(self.counters.longest_gap_s, round(now - previous, 3))
         self._newest[path] = hb.seq
         self._heard[path] = now
         self._last = hb

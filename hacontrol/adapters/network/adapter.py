@@ -13,7 +13,7 @@ import structlog
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from hacontrol.adapters.network import frames
+from hacontrol.adapters.network import dump, frames
 from hacontrol.adapters.network.namespace import rtnl
 from hacontrol.adapters.network.rawlink import MAX_FRAMES_PER_WAIT, RawLink
 from hacontrol.adapters.network.sockdiag import DestroyUnsupported, SockDiag
@@ -55,10 +55,8 @@ class Network:
 
     def present(self, addresses: Iterable[ManagedAddress]) -> frozenset[str]:
         wanted = list(addresses)
-        with rtnl(self.netns) as ipr:
-            names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
-            configured = {(names.get(msg["index"]), _interface_of(msg)) for msg in ipr.get_addr()}
-        return frozenset(a.key for a in wanted if (a.interface, a.address) in configured)
+        here = dump.configured(self.netns)  # every tick: a lean parse, not pyroute2's (dump.py says why)
+        return frozenset(a.key for a in wanted if (a.interface, a.address) in here)
 
     def claim(self, address: ManagedAddress, deadline: float, check_duplicates: bool = True) -> None:
         """Add and announce ``address``; first make sure nobody answers for it, unless the caller knows

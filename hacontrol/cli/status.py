@@ -8,6 +8,7 @@ cannot disagree.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from typing import Any
 
@@ -47,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
         doc = local_doc(load_config(args.config), str(exc), time.time())
         if not doc["nodes"]:
             raise
+        print(f"hactl: {exc}", file=sys.stderr)
         if args.json:
             emit_json(doc)
         else:

@@ -61,8 +61,11 @@ t=$(date +%s)
 # Each test has its own time limit (scaled by the rig's speed factor; a test that hangs fails alone with the
 # controllers' journals, the rig log and the cluster's state, tests/rig/diagnostics.py); the outer limit only
 # interrupts pytest (SIGINT), so it still prints its report and writes the junit file.
+# HACONTROL_RIG_FULL=1 adds the tests marked rig_full (the Pacemaker baseline, the peer link's own rig tests,
+# the power-off trial and more: about twice as long).
 select=()
 [ -n "${HACONTROL_RIG_SELECT:-}" ] && select=(-k "$HACONTROL_RIG_SELECT")
+[ "${HACONTROL_RIG_FULL:-0}" = "1" ] || select+=(-m "not rig_full")
 run_logs=$(ls -d "$LOGS"/*/ | tail -1)
 HACONTROL_RIG_TESTS=1 timeout --signal=INT --kill-after=120 "${HACONTROL_RIG_TESTS_LIMIT_S:-3600}" \
     "$PYTHON" -m pytest tests/chaos tests/rig -v -p no:cacheprovider -o console_output_style=times \

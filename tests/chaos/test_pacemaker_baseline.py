@@ -9,7 +9,8 @@ import pytest
 from tests.chaos.pacemaker import PROFILES, PacemakerCluster, run_trial
 from tests.chaos.rigchaos import Cluster
 
-pytestmark = pytest.mark.rig
+# In the full rig run (HACONTROL_RIG_FULL=1): it checks the Pacemaker bench, not the product.
+pytestmark = [pytest.mark.rig, pytest.mark.rig_full]
 
 
 def test_the_baseline_moves_the_target_and_gives_the_rig_back(rig, tmp_path):

@@ -78,6 +78,7 @@ def test_frozen_active_is_fenced_by_reservations_and_steps_down_on_resume(rig, t
     assert report["writes_lost"] == 0 and report["verification_complete"], report
 
 
+@pytest.mark.rig_full  # the chaos subset's kill-agent trial powers the killed controller off in every CI run
 def test_power_fencing_through_the_vm_power_switch_is_confirmed(rig):
     cluster, active = _deploy(rig, power_fencing=True, watchdog=False)
     standby = cluster.peer(active)
@@ -92,6 +93,7 @@ def test_power_fencing_through_the_vm_power_switch_is_confirmed(rig):
     cluster.restore()
 
 
+@pytest.mark.rig_full
 def test_a_fence_that_cannot_succeed_blocks_promotion(rig):
     cluster, active = _deploy(rig, power_fencing=False, watchdog=False)
     standby = cluster.peer(active)

@@ -114,6 +114,7 @@ def unmap_all(portal: str, lun: int, blocks: int) -> str:
         return s.execute(bytes([0x42, 0, 0, 0, 0, 0, 0, 0, len(param), 0]), data_out=param).describe()
 
 
+@pytest.mark.rig_full
 @pytest.mark.parametrize("mode", ["error", "queue"])
 def test_out_of_space_on_a_thin_pool(rig, lio, initiator, mode):
     rig.ssh("ctrl-a", UNPOOL)

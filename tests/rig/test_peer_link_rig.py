@@ -14,7 +14,9 @@ import time
 
 import pytest
 
-pytestmark = pytest.mark.rig
+# In the full rig run (HACONTROL_RIG_FULL=1): the chaos subset's kill-agent and partition-zk trials go
+# through the same two paths in every CI run.
+pytestmark = [pytest.mark.rig, pytest.mark.rig_full]
 
 
 @pytest.fixture(scope="module")

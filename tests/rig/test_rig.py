@@ -180,6 +180,7 @@ def test_agent_faults_report_clearly_when_the_agent_is_not_running(rig: Rig) -> 
         rig.freeze_agent("ctrl-a", 1)
 
 
+@pytest.mark.rig_full  # the power switch is exercised by every kill-agent chaos trial
 def test_power_off_is_confirmed_by_the_hypervisor_and_power_on_restores(rig: Rig) -> None:
     node = "ctrl-b"
     try:

@@ -28,6 +28,7 @@ from hacontrol.agent.build import Controller, build_controller
 from hacontrol.config import DEFAULT_PATH, ConfigError, backend, load
 from hacontrol.core.decide import shutdown_plan
 from hacontrol.core.model import SessionState
+from hacontrol.core.peer import stepped_down
 
 log = structlog.get_logger("hacontrol.agent")
 
@@ -117,19 +118,38 @@ def run(ctl: Controller, stop: threading.Event, handover_wait_s: float) -> int:
 
 
 SHUTDOWN_STEPS_S = 5.0  # observe + step-down steps before the wait for the peer, on a loaded controller
+LAST_WORDS_HEARTBEATS = 3  # heartbeats sent with the stepped-down advert before the session closes
+RECONNECT_WAIT_S = 3.0  # how long a stop waits for a suspended ZooKeeper session, to release the lead in order
 
 
 def _shutdown(ctl: Controller, wait_s: float) -> None:
-    """Hand over if we lead, wait (bounded) until the peer leads, then close the session."""
-    ctl.notifier.stopping(takes_s=wait_s + SHUTDOWN_STEPS_S)
+    """Step down, tell the peer (link and ZooKeeper) that we serve nothing, hand over if we lead, wait (bounded)
+    until the peer leads, then close the session.
+
+    A session that is suspended when the stop begins (a loaded controller) is waited for, briefly, after the
+    data path is down: without the report and the release the peer learns of the stop only from the session's
+    end, and it would power off a controller that is merely stopping. The peer link says it at once."""
+    ctl.notifier.stopping(takes_s=wait_s + SHUTDOWN_STEPS_S + RECONNECT_WAIT_S)
     try:
         obs = ctl.agent.observer.observe(time.monotonic() + 1.0)
-        plan = shutdown_plan(obs)
-        results = ctl.agent.executor.run(plan)
-        log.info("shutdown", actions=[f"{r.action}:{'ok' if r.ok else 'FAILED'}" for r in results])
+        results = ctl.agent.executor.run(shutdown_plan(obs))
+        log.info("shutdown", actions=[f"{r.action}:{'ok' if r.ok else 'FAILED'}" for r in results],
+                 session=obs.coord.session.value)
+        if ctl.link is not None and all(r.ok for r in results):
+            ctl.link.advertise(stepped_down(obs.coord.epoch))
+        deadline = time.monotonic() + RECONNECT_WAIT_S
+        while obs.coord.session is SessionState.SUSPENDED and time.monotonic() < deadline:
+            time.sleep(0.1)
+            obs = ctl.agent.observer.observe(time.monotonic() + 1.0)
+            if obs.coord.session is SessionState.CONNECTED:
+                results = ctl.agent.executor.run(shutdown_plan(obs))
+                log.info("shutdown_after_reconnect",
+                         actions=[f"{r.action}:{'ok' if r.ok else 'FAILED'}" for r in results])
         leading = obs.coord.leader is not None and obs.coord.leader.ours
         if leading and obs.coord.session is SessionState.CONNECTED:
             _wait_for_peer(ctl.coordinator, ctl.peer, wait_s)
+        elif ctl.link is not None:
+            time.sleep(LAST_WORDS_HEARTBEATS * ctl.link.interval_s)  # the peer hears "stepped down" first
     finally:
         ctl.session.stop()
         if ctl.link is not None:

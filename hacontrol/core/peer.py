@@ -131,3 +131,11 @@ def advert(obs: Observation, *, role: Role, lease_valid_until: float | None, cla
     want = leading and obs.spec.failsafe and not fresh and obs.storage.visible
     return Advert(role=role, epoch=c.epoch, leading=leading, serving=obs.datapath.serving, want_promise=want,
                   may_promise=role in STANDING_BY and not claiming and not obs.datapath.serving)
+
+
+def stepped_down(epoch: int) -> Advert:
+    """What a stopping agent says once its data path is down: it stands by, serves nothing, and neither asks
+    for nor gives a promise (it is about to go). Its peer then fences it the planned way (no power-off) even
+    when ZooKeeper has only the end of its session to show."""
+    return Advert(role=Role.STANDBY, epoch=epoch, leading=False, serving=False, want_promise=False,
+                  may_promise=False)

@@ -127,6 +127,35 @@ def test_stop_promising_reports_what_binds_and_withholds_new_promises_until_the_
     assert b.receive(a.heartbeat(0, 4.1), 0, 4.1) is not None
 
 
+def test_a_promise_ends_when_the_peer_that_asked_steps_down():
+    """A planned hand-over right after a ZooKeeper hiccup: the old active asked for a promise, then stepped
+    down; the promise must not hold up the new active's claim for a whole session timeout."""
+    a, b = pair()
+    a.advertise(ASKING)
+    b.advertise(STANDING_BY)
+    b.receive(a.heartbeat(0, 1.0), 0, 1.0)
+    a.advertise(ACTIVE)  # ZooKeeper is back: leading and serving, no longer asking: the promise stays
+    b.receive(a.heartbeat(0, 1.1), 0, 1.1)
+    assert b.view().promised_until == pytest.approx(1.0 + S)
+    a.advertise(STANDING_BY)  # handed over: serves nothing, leads nothing
+    b.receive(a.heartbeat(1, 1.2), 1, 1.2)
+    assert b.view().promised_until is None and b.counters.promises_released == 1
+
+
+def test_a_promise_survives_a_replay_and_a_restarted_peer_that_has_not_ticked_yet():
+    a, b = pair()
+    a.advertise(STANDING_BY)
+    old = a.heartbeat(0, 0.5)  # an earlier "stepped down" heartbeat, replayed after the request
+    a.advertise(ASKING)
+    b.advertise(STANDING_BY)
+    b.receive(a.heartbeat(0, 1.0), 0, 1.0)
+    b.receive(old, 0, 1.1)
+    assert b.view().promised_until == pytest.approx(1.0 + S)
+    restarted = LinkState(1, 2, 2, KEY, incarnation=101, promise_s=S, min_promise_s=S)  # no advert yet: its
+    b.receive(restarted.heartbeat(0, 1.2), 0, 1.2)  # kernel may still serve what the old process set up
+    assert b.view().promised_until == pytest.approx(1.0 + S)
+
+
 @pytest.mark.parametrize("promiser", [
     Advert(Role.ACTIVE, 5, leading=True, serving=True, want_promise=False, may_promise=False),
     Advert(Role.STANDBY, 7, leading=False, serving=False, want_promise=False, may_promise=True),

@@ -92,6 +92,7 @@ class Counters:
     stale: int = 0  # duplicate, overtaken or replayed
     promises_given: int = 0
     promises_taken: int = 0
+    promises_released: int = 0  # promises ended early: the peer stepped down
     longest_gap_s: float = 0.0  # the longest silence on a path that ended with a heartbeat of the same process:
     # what a live peer's stalls (a busy or starved host) look like here, to set peer_dead_after_s above
 
@@ -178,6 +179,7 @@ class LinkState:
         self._ack = (hb.incarnation, hb.seq)
         if hb.flags & Flag.LEADING:
             self._leading_epoch = hb.epoch
+        self._release_promise(hb)
         self._take_promise(hb)
         if hb.flags & Flag.WANT_PROMISE and self._may_promise():
             until = now + self.promise_s
@@ -220,6 +222,18 @@ class LinkState:
             return  # the promiser knows a newer epoch than we serve under: not a promise to us
         self.counters.promises_taken += 1
         self._confirmed_at = sent if self._confirmed_at is None else max(self._confirmed_at, sent)
+
+    def _release_promise(self, hb: Heartbeat) -> None:
+        """A promise protects a peer that serves without ZooKeeper. When that peer (the same process, in a
+        heartbeat sent after the one we answered) says it neither leads nor serves nor asks, it has stepped
+        down, e.g. handing over for a planned switchover: nothing is left to protect, and keeping the promise
+        would only delay our claim. To serve again it must claim through ZooKeeper like anyone else."""
+        if self._promised_until is None or hb.flags & (Flag.LEADING | Flag.SERVING | Flag.WANT_PROMISE):
+            return
+        inc, seq = self._promised_for
+        if hb.incarnation == inc and hb.seq > seq:
+            self._promised_until = None
+            self.counters.promises_released += 1
 
     def _may_promise(self) -> bool:
         return self.advert is not None and self.advert.may_promise and not self._withheld

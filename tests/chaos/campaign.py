@@ -13,6 +13,7 @@ seed and index. Each trial appends one JSON line to OUT/trials.jsonl (so runs ac
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import sys
@@ -28,7 +29,7 @@ from rigctl import Rig, agents  # noqa: E402 - after the sys.path lines
 
 from tests.chaos import report as report_mod  # noqa: E402
 from tests.chaos.faults import CATALOG, Ctx, Fault  # noqa: E402
-from tests.chaos.invariants import judge  # noqa: E402
+from tests.chaos.invariants import Budget, judge  # noqa: E402
 from tests.chaos.rigchaos import Cluster, Mark, Monitor, Probe, first_io_after  # noqa: E402
 
 
@@ -65,7 +66,8 @@ def run_trial(cluster: Cluster, seed: int, index: int, names: list[str], workdir
     samples = monitor.stop()
     status = cluster.status()
     epoch_after = int(status.get("epoch", epoch_before))
-    verdict = judge(rep, samples, (epoch_before, epoch_after), fault.budget(cluster.session_timeout_s))
+    verdict = judge(rep, samples, (epoch_before, epoch_after), slowed(fault.budget(cluster.session_timeout_s),
+                                                                       cluster.rig.speed_factor))
     CURRENT_TRIAL.update(step="judged", violations=verdict.violations, epoch_after=epoch_after,
                          io_pause_s=rep.get("io_pause_s"), io_errors=rep.get("io_errors"),
                          last_samples=[vars(x) for x in samples[-6:]])
@@ -80,6 +82,13 @@ def run_trial(cluster: Cluster, seed: int, index: int, names: list[str], workdir
         "phases": phases(cluster, mark, rep, status, epoch_after > epoch_before),
         "violations": verdict.violations, "duration_s": round(time.monotonic() - started, 1),
     }
+
+
+def slowed(budget: Budget, speed_factor: float) -> Budget:
+    """A budget for this host: the rig's guests are emulated, and on a host that runs them ``speed_factor``
+    times slower than the reference every step of a failover (ALUA, addresses, the initiator's retries) takes
+    that much longer. A faster host keeps the budget as written."""
+    return dataclasses.replace(budget, io_pause_s=round(budget.io_pause_s * max(1.0, speed_factor), 3))
 
 
 def phases(cluster: Cluster, mark: Mark, rep: dict[str, Any], status: dict[str, Any], changed: bool

@@ -59,3 +59,12 @@ def test_report_lists_violations_with_seeds_and_plots(tmp_path):
     png = tmp_path / "pause.png"
     if plot(trials, png):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_slower_host_stretches_the_pause_budget_and_a_faster_one_keeps_it():
+    from tests.chaos.campaign import slowed
+
+    budget = Budget(io_pause_s=2.0, epoch_changes=(1, 1))
+    assert slowed(budget, 1.64).io_pause_s == 3.28
+    assert slowed(budget, 0.8) == budget
+    assert slowed(budget, 1.64).epoch_changes == (1, 1)

@@ -94,10 +94,15 @@ def config_text(rig: Any, *, port_takeover: bool = True, timing: dict[str, float
         lines.append("")
     hosts = ", ".join(json.dumps(f"{m}:{topo.zookeeper.client_port}") for m in topo.zookeeper.members)
     lines += ["[zookeeper]", f"hosts = [{hosts}]", 'chroot = "/hacontrol/rig"', "", "[timing]"]
-    # A controller that finds no peer waits startup_grace_s before it claims alone (and power-fences the absent
-    # peer): on a slower host the peer's start takes longer, so the grace follows the speed factor.
-    grace = {"startup_grace_s": round(rig.scaled(TIMING["startup_grace_s"]), 1),
-             "peer_dead_after_s": round(rig.scaled(PEER_DEAD_AFTER_S), 2)}
+    # On a slower host every stall of a guest is longer (the active starves while its peer boots), so the dials
+    # that a stall may hit follow the speed factor: the session (and with it the lease deadline, the watchdog
+    # margin and the operation timeout, keeping their ratios, so `hactl config check` accepts them), the silence
+    # that counts as a dead peer, and the start grace (a controller that finds no peer waits startup_grace_s
+    # before it claims alone and power-fences the absent one). The cadences (loop, heartbeats) stay.
+    grace = {k: round(rig.scaled(TIMING[k]), 2)
+             for k in ("session_timeout_s", "demote_deadline_s", "watchdog_margin_s", "operation_timeout_s",
+                       "startup_grace_s")}
+    grace["peer_dead_after_s"] = round(rig.scaled(PEER_DEAD_AFTER_S), 2)
     lines += [f"{k} = {v}" for k, v in {**TIMING, **grace, **(timing or {})}.items()]
     if peer_link:
         lines += ["", "[peer_link]", f'key = "{PEER_LINK_KEY}"']

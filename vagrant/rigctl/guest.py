@@ -40,13 +40,23 @@ class Ssh:
 
     def copy_to(self, address: str, sources: list[Path], destination: str, *, timeout: float = 120,
                 log: EventLog = NULL_LOG) -> None:
-        cmd = ["scp", "-q", *self._options(), *map(str, sources), f"root@{address}:{destination}"]
-        run(in_netns(self.namespace, cmd), timeout=timeout, log=log)
+        self._scp(address, [*map(str, sources), f"root@{address}:{destination}"], timeout, log)
 
     def copy_from(self, address: str, source: str, destination: Path, *, timeout: float = 120,
                   log: EventLog = NULL_LOG) -> None:
-        cmd = ["scp", "-q", *self._options(), f"root@{address}:{source}", str(destination)]
-        run(in_netns(self.namespace, cmd), timeout=timeout, log=log)
+        self._scp(address, [f"root@{address}:{source}", str(destination)], timeout, log)
+
+    def _scp(self, address: str, args: list[str], timeout: float, log: EventLog) -> None:
+        """scp, once more after a connection failure (exit 255): a guest that was just power-cycled leaves a
+        shared connection behind that is dead ("Connection closed"); it is closed before the second try."""
+        cmd = in_netns(self.namespace, ["scp", "-q", *self._options(), *args])
+        proc = run(cmd, timeout=timeout, check=False, log=log)
+        if proc.returncode == 255:
+            run(in_netns(self.namespace, ["ssh", *self._options(), "-O", "exit", f"root@{address}"]), timeout=10,
+                check=False, log=log)
+            proc = run(cmd, timeout=timeout, check=False, log=log)
+        if proc.returncode != 0:
+            raise RigError(f"exit {proc.returncode}: {shlex.join(cmd)}\n{proc.stderr.strip()[-2000:]}")
 
     def reachable(self, address: str, timeout: float = 8) -> bool:
         try:

@@ -219,3 +219,15 @@ def test_a_cpu_limit_is_refused_unless_it_is_a_sensible_number_of_cpus(monkeypat
         monkeypatch.setenv("HACONTROL_RIG_CPU_LIMIT", bad)
         with pytest.raises(RigError, match="HACONTROL_RIG_CPU_LIMIT"):
             speed.cpu_limit()
+
+
+@pytest.mark.parametrize("factor", [0.8, 1.0, 1.64, 3.91])
+def test_the_timing_dials_follow_the_speed_factor_within_the_ensembles_session_limit(factor):
+    from rigctl import agents
+
+    from hacontrol.core.timing import Timing
+
+    dials = agents.timing_dials(factor, max_session_ms=10000)
+    assert dials["session_timeout_s"] == round(min(max(1.0, factor) * 3.0, 10.0), 2)
+    assert dials["peer_dead_after_s"] == round(agents.PEER_DEAD_AFTER_S * max(1.0, factor), 2)
+    assert Timing(**{**agents.TIMING, **dials}).validate() == []

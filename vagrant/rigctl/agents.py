@@ -49,6 +49,25 @@ PEER_DEAD_AFTER_S = 1.0
 PEER_LINK_KEY = "rig-peer-link-key-not-a-secret"
 
 
+def timing_dials(speed_factor: float, max_session_ms: int) -> dict[str, float]:
+    """The rig's timing dials that follow the measured speed factor.
+
+    On a slower host every stall of a guest is longer (the active starves while its peer boots), so the dials
+    that a stall may hit follow the factor: the session (and with it the lease deadline, the watchdog margin
+    and the operation timeout, keeping their ratios, so `hactl config check` accepts them), the silence that
+    counts as a dead peer, and the start grace (a controller that finds no peer waits startup_grace_s before it
+    claims alone and power-fences the absent one). The cadences (loop, heartbeats) stay. The session may not
+    outgrow the ensemble's maxSessionTimeout (the agents would refuse the shorter session the servers grant),
+    so that stretch stops there."""
+    factor = max(1.0, speed_factor)
+    slow = min(factor, max_session_ms / 1000 / TIMING["session_timeout_s"])
+    dials = {k: round(TIMING[k] * slow, 2)
+             for k in ("session_timeout_s", "demote_deadline_s", "watchdog_margin_s", "operation_timeout_s")}
+    dials["startup_grace_s"] = round(TIMING["startup_grace_s"] * factor, 1)
+    dials["peer_dead_after_s"] = round(PEER_DEAD_AFTER_S * factor, 2)
+    return dials
+
+
 def san_interface(rig: Any, node: str) -> str:
     """The guest's name for its SAN NIC (matched by the MAC the rig gave it)."""
     topo = rig.topology
@@ -94,15 +113,7 @@ def config_text(rig: Any, *, port_takeover: bool = True, timing: dict[str, float
         lines.append("")
     hosts = ", ".join(json.dumps(f"{m}:{topo.zookeeper.client_port}") for m in topo.zookeeper.members)
     lines += ["[zookeeper]", f"hosts = [{hosts}]", 'chroot = "/hacontrol/rig"', "", "[timing]"]
-    # On a slower host every stall of a guest is longer (the active starves while its peer boots), so the dials
-    # that a stall may hit follow the speed factor: the session (and with it the lease deadline, the watchdog
-    # margin and the operation timeout, keeping their ratios, so `hactl config check` accepts them), the silence
-    # that counts as a dead peer, and the start grace (a controller that finds no peer waits startup_grace_s
-    # before it claims alone and power-fences the absent one). The cadences (loop, heartbeats) stay.
-    grace = {k: round(rig.scaled(TIMING[k]), 2)
-             for k in ("session_timeout_s", "demote_deadline_s", "watchdog_margin_s", "operation_timeout_s",
-                       "startup_grace_s")}
-    grace["peer_dead_after_s"] = round(rig.scaled(PEER_DEAD_AFTER_S), 2)
+    grace = timing_dials(rig.speed_factor, topo.zookeeper.max_session_ms)
     lines += [f"{k} = {v}" for k, v in {**TIMING, **grace, **(timing or {})}.items()]
     if peer_link:
         lines += ["", "[peer_link]", f'key = "{PEER_LINK_KEY}"']

@@ -27,7 +27,7 @@ from hacontrol.adapters.zookeeper import Coordinator, Session
 from hacontrol.agent.build import Controller, build_controller
 from hacontrol.config import DEFAULT_PATH, ConfigError, backend, load
 from hacontrol.core.decide import shutdown_plan
-from hacontrol.core.model import SessionState
+from hacontrol.core.model import Observation, SessionState
 from hacontrol.core.peer import stepped_down
 
 log = structlog.get_logger("hacontrol.agent")
@@ -131,30 +131,39 @@ def _shutdown(ctl: Controller, wait_s: float) -> None:
     end, and it would power off a controller that is merely stopping. The peer link says it at once."""
     ctl.notifier.stopping(takes_s=wait_s + SHUTDOWN_STEPS_S + RECONNECT_WAIT_S)
     try:
-        obs = ctl.agent.observer.observe(time.monotonic() + 1.0)
-        results = ctl.agent.executor.run(shutdown_plan(obs))
-        log.info("shutdown", actions=[f"{r.action}:{'ok' if r.ok else 'FAILED'}" for r in results],
-                 session=obs.coord.session.value)
-        if ctl.link is not None and all(r.ok for r in results):
-            ctl.link.advertise(stepped_down(obs.coord.epoch))
+        before = _observe(ctl)
+        led = before.coord.leader is not None and before.coord.leader.ours
+        _step_down(ctl, before, "shutdown")
+        after = _observe(ctl)
+        said = stepped_down(after) if ctl.link is not None else None
+        if said is not None:
+            ctl.link.advertise(said)
         deadline = time.monotonic() + RECONNECT_WAIT_S
-        while obs.coord.session is SessionState.SUSPENDED and time.monotonic() < deadline:
+        while before.coord.session is SessionState.SUSPENDED and time.monotonic() < deadline:
+            if after.coord.session is SessionState.CONNECTED:  # now the report and the release can go out
+                _step_down(ctl, after, "shutdown_after_reconnect")
+                break
             time.sleep(0.1)
-            obs = ctl.agent.observer.observe(time.monotonic() + 1.0)
-            if obs.coord.session is SessionState.CONNECTED:
-                results = ctl.agent.executor.run(shutdown_plan(obs))
-                log.info("shutdown_after_reconnect",
-                         actions=[f"{r.action}:{'ok' if r.ok else 'FAILED'}" for r in results])
-        leading = obs.coord.leader is not None and obs.coord.leader.ours
-        if leading and obs.coord.session is SessionState.CONNECTED:
+            after = _observe(ctl)
+        if led and after.coord.session is SessionState.CONNECTED:
             _wait_for_peer(ctl.coordinator, ctl.peer, wait_s)
-        elif ctl.link is not None:
+        elif said is not None:
             time.sleep(LAST_WORDS_HEARTBEATS * ctl.link.interval_s)  # the peer hears "stepped down" first
     finally:
         ctl.session.stop()
         if ctl.link is not None:
             ctl.link.stop()
         log.info("agent_stopped")
+
+
+def _observe(ctl: Controller) -> Observation:
+    return ctl.agent.observer.observe(time.monotonic() + 1.0)
+
+
+def _step_down(ctl: Controller, obs: Observation, event: str) -> None:
+    results = ctl.agent.executor.run(shutdown_plan(obs))
+    log.info(event, actions=[f"{r.action}:{'ok' if r.ok else 'FAILED'}" for r in results],
+             session=obs.coord.session.value)
 
 
 def _wait_for_peer(coordinator: Coordinator, peer: str, wait_s: float) -> None:

@@ -133,9 +133,12 @@ def advert(obs: Observation, *, role: Role, lease_valid_until: float | None, cla
                   may_promise=role in STANDING_BY and not claiming and not obs.datapath.serving)
 
 
-def stepped_down(epoch: int) -> Advert:
-    """What a stopping agent says once its data path is down: it stands by, serves nothing, and neither asks
-    for nor gives a promise (it is about to go). Its peer then fences it the planned way (no power-off) even
-    when ZooKeeper has only the end of its session to show."""
-    return Advert(role=Role.STANDBY, epoch=epoch, leading=False, serving=False, want_promise=False,
+def stepped_down(obs: Observation) -> Advert | None:
+    """What a stopping agent says, from an observation taken after its step-down: it stands by, serves
+    nothing, and neither asks for nor gives a promise (it is about to go). Its peer then fences it the planned
+    way (no power-off) even when ZooKeeper has only the end of its session to show. None while anything here
+    still serves (a step that failed): the peer must not hear "serves nothing" then."""
+    if obs.datapath.serving:
+        return None
+    return Advert(role=Role.STANDBY, epoch=obs.coord.epoch, leading=False, serving=False, want_promise=False,
                   may_promise=False)

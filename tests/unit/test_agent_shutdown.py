@@ -8,7 +8,7 @@ from types import SimpleNamespace
 from hacontrol.agent import main
 from hacontrol.core.model import Role, SessionState
 from hacontrol.core.peer import Advert
-from tests.unit.builders import active, with_coord
+from tests.unit.builders import SB, active, with_coord, with_datapath
 
 
 class Steps:
@@ -43,9 +43,14 @@ def controller(steps: Steps, coordinator_leader: str | None = "b"):
         peer="b")
 
 
+def stepped(o):
+    """The same observation once the data path is down."""
+    return with_datapath(o, own_group=SB, vips=frozenset())
+
+
 def test_a_stop_with_a_suspended_session_steps_down_says_so_and_releases_once_reconnected():
     suspended = with_coord(active(), session=SessionState.SUSPENDED)
-    steps = Steps([suspended, suspended, active()])
+    steps = Steps([suspended, stepped(suspended), stepped(suspended), stepped(active())])
     main._shutdown(controller(steps), wait_s=1.0)
     runs = [entry[1] for entry in steps.log if entry[0] == "run"]
     assert "ReleaseLeadership" not in runs[0] and "SetAlua" in runs[0]  # the data path first, whatever ZooKeeper
@@ -56,7 +61,7 @@ def test_a_stop_with_a_suspended_session_steps_down_says_so_and_releases_once_re
 
 
 def test_a_stop_whose_step_down_failed_does_not_claim_to_serve_nothing():
-    steps = Steps([active()])
+    steps = Steps([active()])  # every observation, the one after the step-down too, still shows it serving
     steps.run = lambda plan: tuple(SimpleNamespace(action=a.name, ok=a.name != "SetAlua") for a in plan.actions)
     main._shutdown(controller(steps), wait_s=0.1)
     assert not [entry for entry in steps.log if entry[0] == "advertise"]

@@ -201,3 +201,13 @@ def test_a_peer_back_after_being_powered_off_in_this_epoch_is_not_adopted_again(
     assert "AdoptPeerPorts" not in names(decide(back, NOW, T))
     lingering = with_coord(o, peer=peer_report(Role.ACTIVE, AO, epoch_seen=5, vips=frozenset()))
     assert "AdoptPeerPorts" in names(decide(lingering, NOW, T))
+
+
+def test_a_stopping_agent_says_it_stepped_down_only_once_it_serves_nothing():
+    from hacontrol.core.peer import stepped_down
+    from tests.unit.builders import SB, active, with_datapath
+
+    assert stepped_down(active()) is None  # a step failed: its ports still serve
+    said = stepped_down(with_datapath(active(), own_group=SB, vips=frozenset()))
+    assert said is not None and said.role is Role.STANDBY and not (said.serving or said.leading)
+    assert not (said.want_promise or said.may_promise) and said.epoch == active().coord.epoch

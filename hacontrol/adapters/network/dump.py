@@ -30,6 +30,7 @@ IFINFO = struct.Struct("=BxHiII")  # family, type, index, flags, change
 IFADDR = struct.Struct("=BBBBI")  # family, prefix length, flags, scope, index
 RTATTR = struct.Struct("=HH")  # length, type
 _seq = itertools.count(1)
+Address = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
 
 def _align(n: int) -> int:
@@ -72,7 +73,7 @@ def link_name(buf: bytes, at: int) -> tuple[int, str] | None:
     return None if name is None else (index, name.split(b"\0", 1)[0].decode(errors="replace"))
 
 
-def address(buf: bytes, at: int) -> tuple[int, ipaddress.IPv4Interface | ipaddress.IPv6Interface] | None:
+def address(buf: bytes, at: int) -> tuple[int, Address] | None:
     family, prefix, _, _, index = IFADDR.unpack_from(buf, at)
     attrs = _attrs(buf, at + IFADDR.size, len(buf))
     raw = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS)  # IFA_LOCAL: ours (IFA_ADDRESS: a p2p peer's)
@@ -99,8 +100,6 @@ def _dump(sock: socket.socket, kind: int, header: bytes, deadline: float) -> lis
             return out
     raise AdapterError("netlink dump did not end")
 
-
-Address = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
 
 def configured(netns: str | None, timeout_s: float = 2.0) -> set[tuple[str, Address]]:

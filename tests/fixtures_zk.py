@@ -36,7 +36,7 @@ def zk_ensemble_healthy(zk_ensemble: Ensemble) -> Iterator[Ensemble]:
     for m in zk_ensemble.members:
         if m.process is None or m.process.poll() is not None:
             zk_ensemble.start_member(m.myid)
-    zk_ensemble.wait_for_quorum()
+    zk_ensemble.wait_settled()
 
 
 @pytest.fixture

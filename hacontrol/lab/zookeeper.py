@@ -184,6 +184,37 @@ class Ensemble:
             time.sleep(0.1)
         raise EnsembleError(f"no quorum within {timeout_s} s; logs in {self.directory}")
 
+    def wait_settled(self, timeout_s: float = 30.0, steady_s: float = 1.0) -> int:
+        """Wait until every running member serves under one leader and stays so for ``steady_s``.
+
+        A majority with a leader (:meth:`wait_for_quorum`) is enough to serve, but a member still joining or an
+        election still settling restarts the leader's session clocks: a test that measures a session's expiry
+        must start on a settled ensemble. Returns the leader's id.
+        """
+        deadline = time.monotonic() + timeout_s
+        since: float | None = None
+        last = ""
+        while time.monotonic() < deadline:
+            running = [m.myid for m in self.members if m.process is not None]
+            modes = {i: self.mode(i) for i in running}
+            last = ", ".join(f"zk{i}={mode or 'not serving'}" for i, mode in modes.items())
+            leaders = [i for i, mode in modes.items() if mode == "leader"]
+            settled = len(leaders) == 1 and all(mode in ("leader", "follower") for mode in modes.values())
+            now = time.monotonic()
+            if not settled:
+                since = None
+            elif since is None:
+                since = now
+            elif now - since >= steady_s:
+                return leaders[0]
+            time.sleep(0.1)
+        raise EnsembleError(f"ensemble not settled within {timeout_s} s ({last}); logs in {self.directory}")
+
+    def describe(self) -> str:
+        """Each member's mode, for a test's failure message."""
+        return ", ".join(f"zk{m.myid}={(self.mode(m.myid) if m.process is not None else 'stopped') or 'not serving'}"
+                         for m in self.members)
+
     def close(self) -> None:
         for m in self.members:
             self.stop_member(m.myid, kill=True)
@@ -199,6 +230,9 @@ def start_server(directory: Path, netns: str | None, heap_mb: int) -> subprocess
     """One member from its directory (zoo.cfg and data written by Ensemble.start): also how the lab restarts
     a member it stopped."""
     argv = ["java", f"-Xmx{heap_mb}m", "-XX:+UseSerialGC", "-Dzookeeper.jmx.log4j.disable=true",
+            # slf4j-simple prints no time by default: an election or a session expiry must be placed in time
+            "-Dorg.slf4j.simpleLogger.showDateTime=true",
+            "-Dorg.slf4j.simpleLogger.dateTimeFormat=yyyy-MM-dd'T'HH:mm:ss.SSSZ",
             "-cp", CLASSPATH, MAIN, str(directory / "zoo.cfg")]
     if netns:
         argv = ["ip", "netns", "exec", netns, *argv]

@@ -142,6 +142,9 @@ class AgentPair:
     marks: list[tuple[float, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        # an election still settling (a member restarted by an earlier test) restarts the sessions' clocks:
+        # the agent tests time session expiries, so they start on a settled ensemble
+        self.ensemble.wait_settled(30)
         self.doubles = self.work / "doubles"
         self.doubles.mkdir(parents=True, exist_ok=True)
         self.config = self.work / "hacontrol.toml"
@@ -241,7 +244,8 @@ class AgentPair:
             if value:
                 return value
             time.sleep(0.1)
-        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; logs in {self.work}")
+        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; ZooKeeper: "
+                             f"{self.ensemble.describe()}; logs in {self.work} and {self.ensemble.directory}")
 
     def active_steady(self) -> str:
         """Wait until exactly one controller is active with its VIP; return its name."""

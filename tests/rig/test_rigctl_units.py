@@ -219,6 +219,19 @@ def test_a_cpu_limit_is_refused_unless_it_is_a_sensible_number_of_cpus(monkeypat
         monkeypatch.setenv("HACONTROL_RIG_CPU_LIMIT", bad)
         with pytest.raises(RigError, match="HACONTROL_RIG_CPU_LIMIT"):
             speed.cpu_limit()
+    monkeypatch.delenv("HACONTROL_RIG_CPU_LIMIT")
+    monkeypatch.delenv("HACONTROL_RIG_VM_CPU", raising=False)
+    assert speed.vm_cpu_limit() is None
+    monkeypatch.setenv("HACONTROL_RIG_VM_CPU", "0.5")
+    assert speed.vm_cpu_limit() == 0.5 and speed.cpu_limit() is None
+    monkeypatch.setenv("HACONTROL_RIG_VM_CPU", "0")
+    with pytest.raises(RigError, match="HACONTROL_RIG_VM_CPU='0'"):
+        speed.vm_cpu_limit()
+    monkeypatch.setenv("HACONTROL_RIG_VM_CPU", "0.5")
+    monkeypatch.setenv("HACONTROL_RIG_CPU_LIMIT", "1.0")
+    for which in (speed.cpu_limit, speed.vm_cpu_limit):  # one or the other, never both
+        with pytest.raises(RigError, match="both given"):
+            which()
 
 
 @pytest.mark.parametrize("factor", [0.8, 1.0, 1.64, 3.91])

@@ -302,6 +302,7 @@ class Rig:
             "up": state.phase == "up", "phase": state.phase, "run_id": state.run_id, "launcher": state.launcher,
             "log_dir": state.log_dir, "up_seconds": state.up_seconds, "timings": state.timings, "vms": vms,
             "speed": {**state.speed, "factor": self.speed_factor}, "cpu_limit": speed.cpu_limit(),
+            "vm_cpu_limit": speed.vm_cpu_limit(),
             "daemons": {name: d.alive() for name, d in state.daemon_objects().items()},
             "zookeeper": zookeeper.member_states(self.topology) if netns.exists(self.namespace) else {},
             "faults": [f.describe() for f in state.fault_objects()],

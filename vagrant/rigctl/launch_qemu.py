@@ -91,9 +91,11 @@ class QemuLauncher:
         daemon = spawn(f"qemu-{node.name}", self.command(node), log_file=self.log_dir / f"qemu-{node.name}.log",
                        netns=self.topology.namespace, log=self.log)
         self.daemons[node.name] = daemon
-        limit = speed.cpu_limit()
+        limit, own = speed.cpu_limit(), speed.vm_cpu_limit()
         if limit is not None:  # a slower host on purpose (HACONTROL_RIG_CPU_LIMIT): every VM in one quota
             speed.limit_processes([daemon.pid], limit, self.log)
+        elif own is not None:  # HACONTROL_RIG_VM_CPU: each VM in a quota of its own
+            speed.limit_processes([daemon.pid], own, self.log, own=node.name)
         wait_until(f"QMP socket of {node.name}", (self.vm_dir(node) / "qmp.sock").exists, timeout=30,
                    interval=0.1)
         return daemon

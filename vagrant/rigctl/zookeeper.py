@@ -57,6 +57,9 @@ def start_member(topology: Topology, root: Path, log_dir: Path, member: int, log
     cfg = member_dir / "zoo.cfg"
     cfg.write_text(config_text(topology, member, data_dir))
     cmd = ["java", "-Xms32m", "-Xmx128m", "-XX:+UseSerialGC", "-Djava.net.preferIPv4Stack=true",
+           # a time on every line: a session's expiry is then placed beside the agents' journals
+           "-Dorg.slf4j.simpleLogger.showDateTime=true",
+           "-Dorg.slf4j.simpleLogger.dateTimeFormat=yyyy-MM-dd'T'HH:mm:ss.SSSZ",
            "-cp", CLASSPATH, "org.apache.zookeeper.server.quorum.QuorumPeerMain", str(cfg)]
     return spawn(f"zk{member}", cmd, log_file=log_dir / f"zk{member}.log", netns=topology.namespace, log=log)
 

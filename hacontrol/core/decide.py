@@ -151,12 +151,22 @@ def _failsafe(obs: Observation, now: float, timing: Timing, until: float) -> Pla
     leader znode gone (the session expired meanwhile), lead again under a new epoch without stepping down."""
     c = obs.coord
     actions: list[Action] = []
-    confirmed = obs.link.promise_confirmed_at
-    if obs.watchdog_armed and confirmed is not None and now - confirmed <= timing.kick_window_s:
+    if obs.watchdog_armed and kick_allowed(obs, now, timing):
         actions.append(KickWatchdog())
     if c.session is SessionState.CONNECTED and c.leader is None:
         actions.append(ClaimLeadership(c.epoch))
     return Plan(Reason.FAILSAFE, _leader_role(obs), tuple(actions), until)
+
+
+def kick_allowed(obs: Observation, now: float, timing: Timing) -> bool:
+    """A kick holds the watchdog off for ``watchdog_timeout_s``; it is allowed within ``kick_window_s`` of
+    something that holds the peer off for at least ``session_timeout_s``: a lease ZooKeeper confirmed, or a
+    promise the peer answered on the link (it will not claim or fence for ``session_timeout_s`` from its
+    answer). Either one suffices: right after ZooKeeper comes back, or on a loaded controller, a round trip can
+    take longer than the kick window while the peer's answers still come at once, and a healthy active must
+    not be reset by its own watchdog for that."""
+    confirmations = (obs.coord.lease_confirmed_at, obs.link.promise_confirmed_at)
+    return any(t is not None and now - t <= timing.kick_window_s for t in confirmations)
 
 
 def _session_lapsing(obs: Observation, now: float, timing: Timing) -> bool:
@@ -320,12 +330,13 @@ def _leading(obs: Observation, now: float, timing: Timing, until: float) -> Plan
     c, s = obs.coord, obs.storage
     epoch = c.epoch
     head: list[Action] = []
-    if not obs.datapath.configured:
-        head.append(ConfigureTarget())
+    # the watchdog first: a kick that waits behind a slow step lands later than its confirmation allows
     if not obs.watchdog_armed:
         head.append(ArmWatchdog())
-    elif c.lease_confirmed_at is not None and now - c.lease_confirmed_at <= timing.kick_window_s:
+    elif kick_allowed(obs, now, timing):
         head.append(KickWatchdog())
+    if not obs.datapath.configured:
+        head.append(ConfigureTarget())
     if obs.datapath.serving and not _fenced(obs, epoch):
         # Serving is only allowed after fencing under this very epoch. If we did fence and the
         # disks no longer show our reservation, someone took our key: step down and give the role up.

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from hacontrol.core import actions as A
 from hacontrol.core.decide import Blocker, Reason, decide
-from hacontrol.core.model import FenceRecord, Leader, Maintenance, PeerReport, Role, SessionState
+from hacontrol.core.model import FenceRecord, Leader, Maintenance, PeerLinkView, PeerReport, Role, SessionState
 from tests.unit.builders import (
     AO,
     NOW,
@@ -59,6 +61,16 @@ def test_suspended_within_deadline_holds_without_kicking():
 def test_no_watchdog_kick_on_a_stale_confirmation():
     o = with_coord(active(), lease_confirmed_at=NOW - T.kick_window_s - 0.01)
     assert "KickWatchdog" not in names(decide(o, NOW, T))
+
+
+def test_a_slow_round_trip_with_a_fresh_promise_still_kicks_and_before_any_slow_step():
+    """The lease is valid but its confirmation is older than the kick window (a slow round trip right after
+    ZooKeeper returned); the peer answered a promise just now: the kick goes out, first, so a healthy active
+    is not reset by its own watchdog (seen in the rig: the peer then powered it off as dead)."""
+    slow = with_datapath(with_coord(active(), lease_confirmed_at=NOW - T.kick_window_s - 0.1), configured=False)
+    o = replace(slow, link=PeerLinkView(heard=(NOW - 0.05, NOW - 0.05), promise_confirmed_at=NOW - 0.05))
+    assert names(decide(o, NOW, T))[:2] == ["KickWatchdog", "ConfigureTarget"]
+    assert "KickWatchdog" not in names(decide(slow, NOW, T))
 
 
 @pytest.mark.parametrize(

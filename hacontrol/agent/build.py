@@ -86,8 +86,7 @@ def build_controller(cfg: Config, node: str, *, doubles: str | None = None, zk_h
                         promises=link, fence_budget_s=_fence_budget(cfg, peer), ports_budget_s=_ports_budget(cfg))
     observer.announced_at = lambda: executor.announced_at
     sync = ConfigSync(config_path, cfg, coordinator, parts["target"], sha=sha256(config_text) if config_text else "")
-    agent = Agent(cfg.timing, observer, executor, timeline=timeline, wake=wake, config_sync=sync,
-                  stall_dump_s=cfg.timing.watchdog_timeout_s / 2)
+    agent = Agent(cfg.timing, observer, executor, timeline=timeline, wake=wake, config_sync=sync)
     executor.on_published = sync.published
     local = LocalStatus(cfg.runtime_dir, node, link.report if link is not None else None)
     agent.on_tick = lambda report: (metrics.on_tick(report), _notify(notifier, report), local.on_tick(report))

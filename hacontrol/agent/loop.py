@@ -8,8 +8,6 @@ in milliseconds instead of loop intervals.
 
 from __future__ import annotations
 
-import contextlib
-import faulthandler
 import threading
 import time
 from collections.abc import Callable
@@ -53,10 +51,6 @@ class Agent:
     # called with each plan before it runs: the systemd READY=1 goes out on the first (hacontrol.agent.build)
     on_plan: Callable[[Observation, Plan], None] | None = None
     config_sync: ConfigSync | None = None
-    # A tick that runs longer than this dumps every thread's stack to stderr (faulthandler, from its own C
-    # thread, so it works while the loop is stuck): the journal then says where a loop that let the hardware
-    # watchdog fire was waiting. None: off (tests that run several agents in one process).
-    stall_dump_s: float | None = None
     last: TickReport | None = None
     _last_reason: Any = None
     _last_failure: tuple[tuple[str, str], ...] = ()
@@ -90,8 +84,7 @@ class Agent:
         burst = 0
         ticks = 0
         while not stop.is_set() and (max_ticks is None or ticks < max_ticks):
-            with self._stall_dump():
-                report = self.tick()
+            report = self.tick()
             ticks += 1
             progressed = [r.ok for r in report.results if r.action not in ROUTINE_ACTIONS]
             if progressed and all(progressed) and burst < BURST_LIMIT:
@@ -101,22 +94,6 @@ class Agent:
             remaining = self.timing.loop_interval_s - report.duration_s
             if remaining > 0:
                 self.wake.wait(remaining)
-
-    @contextlib.contextmanager
-    def _stall_dump(self) -> Any:
-        if self.stall_dump_s is None:
-            yield
-            return
-        try:
-            faulthandler.dump_traceback_later(self.stall_dump_s, exit=False)
-        except (ValueError, RuntimeError, OSError):  # no usable stderr: run without the dump
-            self.stall_dump_s = None
-            yield
-            return
-        try:
-            yield
-        finally:
-            faulthandler.cancel_dump_traceback_later()
 
     def _log(self, r: TickReport) -> None:
         """One event per tick; what the peer link heard is added when the plan rests on it."""

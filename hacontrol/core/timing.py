@@ -40,8 +40,12 @@ class Timing:
 
     @property
     def kick_window_s(self) -> float:
-        """A watchdog kick is allowed only this soon after a lease confirmation."""
-        return self.loop_interval_s + self.operation_timeout_s
+        """A watchdog kick is allowed only this soon after a lease confirmation: a kick at ``c + margin`` fires
+        at ``c + session_timeout_s`` at the latest, when the servers may expire us. (The device may round its
+        timeout down to whole seconds: it then fires sooner, never later.) The whole margin, not one tick: a
+        loaded controller's round trip may outlast a tick, and a kick refused while the lease still holds lets
+        the watchdog reset a healthy active."""
+        return self.watchdog_margin_s
 
     @property
     def worst_demote_s(self) -> float:
@@ -97,12 +101,13 @@ class Timing:
                 "that is still demoting on time (demote_deadline_s + loop_interval_s + "
                 "2 × operation_timeout_s must fit in session_timeout_s - watchdog_margin_s)",
                 "lower demote_deadline_s, operation_timeout_s or watchdog_margin_s, or raise session_timeout_s"))
-        if self.watchdog_margin_s < self.kick_window_s:
+        one_tick = self.loop_interval_s + self.operation_timeout_s
+        if self.watchdog_margin_s < one_tick:
             p.append(Problem(
                 f"{prefix}.watchdog_margin_s", self.watchdog_margin_s,
-                "a kick may come loop_interval_s + operation_timeout_s after the lease was confirmed, so the "
-                "watchdog could outlive the session by that much",
-                f"set it to at least {round(self.kick_window_s, 3)}"))
+                "a kick is allowed only within watchdog_margin_s of a lease confirmation, and one tick "
+                "(loop_interval_s + operation_timeout_s) must fit in it, or a healthy active could never kick",
+                f"set it to at least {round(one_tick, 3)}"))
         p.extend(self._link_relations(prefix))
         if self.switchover_timeout_s <= s:
             p.append(Problem(f"{prefix}.switchover_timeout_s", self.switchover_timeout_s,

@@ -39,7 +39,9 @@ POWER_PORT_BASE = 4400
 GUEST_CONFIG = "/etc/hacontrol/hacontrol.toml"
 # TCG guests are slow: a longer session and tick than hacontrol's defaults (hactl config check holds them to the
 # same safety rules: demote deadline + tick + 2 steps before the watchdog, watchdog before expiry).
-TIMING = {"session_timeout_s": 3.0, "loop_interval_s": 0.2, "demote_deadline_s": 1.2, "watchdog_margin_s": 0.6,
+# watchdog_margin_s 1.0: a 2.0 s watchdog (a whole second count, so the device does not round it down) and a
+# kick allowed up to 1.0 s after a confirmation, for the TCG guests' slow round trips; slack 0 (hactl config check)
+TIMING = {"session_timeout_s": 3.0, "loop_interval_s": 0.2, "demote_deadline_s": 1.2, "watchdog_margin_s": 1.0,
           "operation_timeout_s": 0.3, "fence_retry_s": 1.0, "standby_settle_s": 0.5, "switchover_timeout_s": 30.0,
           "startup_grace_s": 8.0, "heartbeat_interval_s": 0.1}
 # Silence on every path for this long counts as a dead peer. A TCG guest stalls for a second and more while

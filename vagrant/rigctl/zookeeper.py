@@ -56,7 +56,10 @@ def start_member(topology: Topology, root: Path, log_dir: Path, member: int, log
     (data_dir / "myid").write_text(f"{member}\n")
     cfg = member_dir / "zoo.cfg"
     cfg.write_text(config_text(topology, member, data_dir))
-    cmd = ["java", "-Xms32m", "-Xmx128m", "-XX:+UseSerialGC", "-Djava.net.preferIPv4Stack=true",
+    # C1 only, one compiler thread: a member's start then costs the host a fraction of the CPU burst that three
+    # full JITs at once took from the TCG guests (and from tgtd, the shelf) each time a trial restarted them
+    cmd = ["java", "-Xms32m", "-Xmx128m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-XX:CICompilerCount=1",
+           "-Djava.net.preferIPv4Stack=true",
            # a time on every line: a session's expiry is then placed beside the agents' journals
            "-Dorg.slf4j.simpleLogger.showDateTime=true",
            "-Dorg.slf4j.simpleLogger.dateTimeFormat=yyyy-MM-dd'T'HH:mm:ss.SSSZ",

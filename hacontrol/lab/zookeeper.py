@@ -169,11 +169,15 @@ class Ensemble:
                 return m.myid
         return None
 
+    def modes(self) -> dict[int, str | None]:
+        """Each running member's mode (None: not serving)."""
+        return {m.myid: self.mode(m.myid) for m in self.members if m.process is not None}
+
     def wait_for_quorum(self, timeout_s: float = 30.0) -> int:
         """Wait until a majority serves and one is the leader; return the leader's id."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            modes = {m.myid: self.mode(m.myid) for m in self.members if m.process is not None}
+            modes = self.modes()
             serving = [i for i, mode in modes.items() if mode in ("leader", "follower")]
             leaders = [i for i, mode in modes.items() if mode == "leader"]
             if leaders and len(serving) > self.size // 2:
@@ -193,27 +197,23 @@ class Ensemble:
         """
         deadline = time.monotonic() + timeout_s
         since: float | None = None
-        last = ""
         while time.monotonic() < deadline:
-            running = [m.myid for m in self.members if m.process is not None]
-            modes = {i: self.mode(i) for i in running}
-            last = ", ".join(f"zk{i}={mode or 'not serving'}" for i, mode in modes.items())
+            modes = self.modes()
             leaders = [i for i, mode in modes.items() if mode == "leader"]
-            settled = len(leaders) == 1 and all(mode in ("leader", "follower") for mode in modes.values())
-            now = time.monotonic()
-            if not settled:
+            if len(leaders) != 1 or not all(mode in ("leader", "follower") for mode in modes.values()):
                 since = None
             elif since is None:
-                since = now
-            elif now - since >= steady_s:
+                since = time.monotonic()
+            elif time.monotonic() - since >= steady_s:
                 return leaders[0]
             time.sleep(0.1)
-        raise EnsembleError(f"ensemble not settled within {timeout_s} s ({last}); logs in {self.directory}")
+        raise EnsembleError(f"ensemble not settled within {timeout_s} s ({self.describe()}); "
+                            f"logs in {self.directory}")
 
     def describe(self) -> str:
-        """Each member's mode, for a test's failure message."""
-        return ", ".join(f"zk{m.myid}={(self.mode(m.myid) if m.process is not None else 'stopped') or 'not serving'}"
-                         for m in self.members)
+        """Each member's mode, for a failure message."""
+        modes = self.modes()
+        return ", ".join(f"zk{m.myid}={modes.get(m.myid, 'stopped') or 'not serving'}" for m in self.members)
 
     def close(self) -> None:
         for m in self.members:

@@ -6,6 +6,7 @@ import ipaddress
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -233,6 +234,34 @@ def test_a_cpu_limit_is_refused_unless_it_is_a_sensible_number_of_cpus(monkeypat
     for which in (speed.cpu_limit, speed.vm_cpu_limit):  # one or the other, never both
         with pytest.raises(RigError, match="both given"):
             which()
+
+
+def test_a_vm_gets_a_cpu_quota_of_its_own_in_the_real_cgroup_tree(monkeypatch) -> None:
+    """HACONTROL_RIG_VM_CPU on this host's cgroups (a test-only name, so a running rig is not touched): the
+    process lands in a child named after the VM with that quota, and remove_limit removes both levels."""
+    from rigctl import speed
+    from rigctl.proc import NULL_LOG
+
+    monkeypatch.setattr(speed, "CGROUP_NAME", f"hacontrol-rig-test-{os.getpid()}")
+    directory, v2 = speed._cgroup_dir()
+    if not directory.parent.exists() or os.geteuid() != 0:
+        pytest.skip("needs root and a cpu cgroup hierarchy")
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        speed.limit_processes([sleeper.pid], 0.5, NULL_LOG, own="ctrl-a")
+        child = directory / "ctrl-a"
+        assert str(sleeper.pid) in (child / "cgroup.procs").read_text().split()
+        quota = (child / "cpu.max").read_text().split()[0] if v2 else (child / "cpu.cfs_quota_us").read_text().strip()
+        assert int(quota) == int(0.5 * speed.PERIOD_US)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        for _ in range(50):  # the kernel lets go of a dead process's cgroup a moment later
+            speed.remove_limit(NULL_LOG)
+            if not directory.exists():
+                break
+            time.sleep(0.1)
+    assert not directory.exists()
 
 
 @pytest.mark.parametrize("factor", [0.8, 1.0, 1.64, 3.91])

@@ -61,19 +61,18 @@ PERIOD_US = 100_000
 
 def cpu_limit() -> float | None:
     """HACONTROL_RIG_CPU_LIMIT as a number of host CPUs, or None."""
-    if os.environ.get("HACONTROL_RIG_VM_CPU", "").strip() and os.environ.get("HACONTROL_RIG_CPU_LIMIT", "").strip():
-        raise RigError("HACONTROL_RIG_CPU_LIMIT and HACONTROL_RIG_VM_CPU were both given: unset one (the first "
-                       "shares one quota among the VMs, the second gives each VM its own)")
     return _cpus("HACONTROL_RIG_CPU_LIMIT", "the host CPUs the VMs may use together", "1.0")
 
 
 def vm_cpu_limit() -> float | None:
     """HACONTROL_RIG_VM_CPU as host CPUs for each VM, or None."""
-    cpu_limit()  # refuses the two together
     return _cpus("HACONTROL_RIG_VM_CPU", "the host CPUs each VM may use", "0.5")
 
 
 def _cpus(name: str, what: str, example: str) -> float | None:
+    if os.environ.get("HACONTROL_RIG_VM_CPU", "").strip() and os.environ.get("HACONTROL_RIG_CPU_LIMIT", "").strip():
+        raise RigError("HACONTROL_RIG_CPU_LIMIT and HACONTROL_RIG_VM_CPU were both given: unset one (the first "
+                       "shares one quota among the VMs, the second gives each VM its own)")
     text = os.environ.get(name, "").strip()
     if not text:
         return None
@@ -100,10 +99,9 @@ def limit_processes(pids: list[int], cpus: float, log: EventLog, own: str | None
     directory, v2 = _cgroup_dir()
     try:
         directory.mkdir(exist_ok=True)
-        if own is not None:
+        if own is not None:  # the VM's own child of the rig's cgroup (v2 enables cpu one level further down)
             if v2:
                 (directory.parent / "cgroup.subtree_control").write_text("+cpu")
-                (directory / "cgroup.subtree_control").write_text("+cpu")
             directory = directory / own
             directory.mkdir(exist_ok=True)
         quota = int(cpus * PERIOD_US)
@@ -116,7 +114,8 @@ def limit_processes(pids: list[int], cpus: float, log: EventLog, own: str | None
         for pid in pids:
             (directory / "cgroup.procs").write_text(str(pid))
     except OSError as exc:
-        raise RigError(f"HACONTROL_RIG_CPU_LIMIT: cannot use the cpu cgroup {directory}: {exc}") from exc
+        which = "HACONTROL_RIG_VM_CPU" if own is not None else "HACONTROL_RIG_CPU_LIMIT"
+        raise RigError(f"{which}: cannot use the cpu cgroup {directory}: {exc}") from exc
     log("speed.cpu_limit", cgroup=str(directory), cpus=cpus, pids=pids)
 
 

@@ -26,7 +26,7 @@ from hacontrol import logs
 from hacontrol.adapters.zookeeper import Coordinator, Session
 from hacontrol.agent.build import Controller, build_controller
 from hacontrol.config import DEFAULT_PATH, ConfigError, backend, load
-from hacontrol.core.decide import shutdown_plan
+from hacontrol.core.decide import awaits_hand_over, shutdown_again, shutdown_plan
 from hacontrol.core.model import Observation, SessionState
 from hacontrol.core.peer import stepped_down
 
@@ -132,7 +132,6 @@ def _shutdown(ctl: Controller, wait_s: float) -> None:
     ctl.notifier.stopping(takes_s=wait_s + SHUTDOWN_STEPS_S + RECONNECT_WAIT_S)
     try:
         before = _observe(ctl)
-        led = before.coord.leader is not None and before.coord.leader.ours
         _step_down(ctl, before, "shutdown")
         after = _observe(ctl)
         said = stepped_down(after) if ctl.link is not None else None
@@ -140,12 +139,12 @@ def _shutdown(ctl: Controller, wait_s: float) -> None:
             ctl.link.advertise(said)
         deadline = time.monotonic() + RECONNECT_WAIT_S
         while before.coord.session is SessionState.SUSPENDED and time.monotonic() < deadline:
-            if after.coord.session is SessionState.CONNECTED:  # now the report and the release can go out
+            if shutdown_again(before, after):
                 _step_down(ctl, after, "shutdown_after_reconnect")
                 break
             time.sleep(0.1)
             after = _observe(ctl)
-        if led and after.coord.session is SessionState.CONNECTED:
+        if awaits_hand_over(before, after):
             _wait_for_peer(ctl.coordinator, ctl.peer, wait_s)
         elif said is not None:
             time.sleep(LAST_WORDS_HEARTBEATS * ctl.link.interval_s)  # the peer hears "stepped down" first

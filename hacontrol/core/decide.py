@@ -151,14 +151,14 @@ def _failsafe(obs: Observation, now: float, timing: Timing, until: float) -> Pla
     leader znode gone (the session expired meanwhile), lead again under a new epoch without stepping down."""
     c = obs.coord
     actions: list[Action] = []
-    if obs.watchdog_armed and kick_allowed(obs, now, timing):
+    if obs.watchdog_armed and _kick_allowed(obs, now, timing):
         actions.append(KickWatchdog())
     if c.session is SessionState.CONNECTED and c.leader is None:
         actions.append(ClaimLeadership(c.epoch))
     return Plan(Reason.FAILSAFE, _leader_role(obs), tuple(actions), until)
 
 
-def kick_allowed(obs: Observation, now: float, timing: Timing) -> bool:
+def _kick_allowed(obs: Observation, now: float, timing: Timing) -> bool:
     """A kick holds the watchdog off for ``watchdog_timeout_s``; it is allowed within ``kick_window_s`` of
     something that holds the peer off for at least ``session_timeout_s``: a lease ZooKeeper confirmed, or a
     promise the peer answered on the link (it will not claim or fence for ``session_timeout_s`` from its
@@ -333,7 +333,7 @@ def _leading(obs: Observation, now: float, timing: Timing, until: float) -> Plan
     # the watchdog first: a kick that waits behind a slow step lands later than its confirmation allows
     if not obs.watchdog_armed:
         head.append(ArmWatchdog())
-    elif kick_allowed(obs, now, timing):
+    elif _kick_allowed(obs, now, timing):
         head.append(KickWatchdog())
     if not obs.datapath.configured:
         head.append(ConfigureTarget())
@@ -502,6 +502,20 @@ def shutdown_plan(obs: Observation) -> Plan:
     if obs.watchdog_armed:
         actions.append(DisarmWatchdog())
     return Plan(Reason.SHUTDOWN, Role.DEMOTING if actions else Role.STANDBY, tuple(actions))
+
+
+def shutdown_again(before: Observation, after: Observation) -> bool:
+    """Run the shutdown plan once more: the session was suspended when the stop began and is connected now,
+    so the report and the release that could not go out then can go out now."""
+    return before.coord.session is SessionState.SUSPENDED and after.coord.session is SessionState.CONNECTED
+
+
+def awaits_hand_over(before: Observation, after: Observation) -> bool:
+    """Wait for the peer to lead before closing the session: we led when the stop began, and ZooKeeper still
+    hears us, so the release went out in order. Otherwise the peer learns of the stop from the session's end
+    (or from the peer link's "stepped down")."""
+    led = before.coord.leader is not None and before.coord.leader.ours
+    return led and after.coord.session is SessionState.CONNECTED
 
 
 def _switchover_refusal(obs: Observation, now: float) -> str:

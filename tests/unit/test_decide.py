@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 
 from hacontrol.core import actions as A
-from hacontrol.core.decide import Blocker, Reason, decide
+from hacontrol.core.decide import Blocker, Reason, awaits_hand_over, decide, shutdown_again
 from hacontrol.core.model import FenceRecord, Leader, Maintenance, PeerLinkView, PeerReport, Role, SessionState
 from tests.unit.builders import (
     AO,
@@ -444,3 +444,11 @@ def test_an_active_leading_again_after_a_quorum_loss_brings_its_own_portals_back
 def test_without_managed_portals_nothing_is_brought_up():
     obs = with_spec(with_datapath(standby(), own_ports_up=False), port_takeover=False, own_portals=False)
     assert "BringUpOwnPorts" not in names(decide(obs, NOW, T))
+
+
+def test_a_stop_hands_over_only_if_it_led_and_zookeeper_still_hears_it():
+    led, suspended = active(), with_coord(active(), session=SessionState.SUSPENDED)
+    assert awaits_hand_over(led, led)
+    assert not awaits_hand_over(led, suspended)  # the release cannot go out: the session's end says it
+    assert not awaits_hand_over(standby(), standby())
+    assert shutdown_again(suspended, led) and not shutdown_again(led, led) and not shutdown_again(suspended, suspended)

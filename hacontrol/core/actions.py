@@ -169,7 +169,12 @@ class ArmWatchdog(Action):
 
 @dataclass(frozen=True)
 class KickWatchdog(Action):
+    """Hold the watchdog off for another ``watchdog_timeout_s``. ``until`` is the last instant at which the
+    confirmation that allowed it still covers a kick (the confirmation + ``kick_window_s``): a kick that
+    only gets its turn later is skipped, not carried out on a stale confirmation."""
+
     lease_bound: ClassVar[bool] = True
+    until: float
 
 
 @dataclass(frozen=True)

@@ -151,22 +151,27 @@ def _failsafe(obs: Observation, now: float, timing: Timing, until: float) -> Pla
     leader znode gone (the session expired meanwhile), lead again under a new epoch without stepping down."""
     c = obs.coord
     actions: list[Action] = []
-    if obs.watchdog_armed and _kick_allowed(obs, now, timing):
-        actions.append(KickWatchdog())
+    kick_until = _kick_until(obs, now, timing)
+    if obs.watchdog_armed and kick_until is not None:
+        actions.append(KickWatchdog(kick_until))
     if c.session is SessionState.CONNECTED and c.leader is None:
         actions.append(ClaimLeadership(c.epoch))
     return Plan(Reason.FAILSAFE, _leader_role(obs), tuple(actions), until)
 
 
-def _kick_allowed(obs: Observation, now: float, timing: Timing) -> bool:
+def _kick_until(obs: Observation, now: float, timing: Timing) -> float | None:
     """A kick holds the watchdog off for ``watchdog_timeout_s``; it is allowed within ``kick_window_s`` of
     something that holds the peer off for at least ``session_timeout_s``: a lease ZooKeeper confirmed, or a
     promise the peer answered on the link (it will not claim or fence for ``session_timeout_s`` from its
     answer). Either one suffices: right after ZooKeeper comes back, or on a loaded controller, a round trip can
     take longer than the kick window while the peer's answers still come at once, and a healthy active must
-    not be reset by its own watchdog for that."""
-    confirmations = (obs.coord.lease_confirmed_at, obs.link.promise_confirmed_at)
-    return any(t is not None and now - t <= timing.kick_window_s for t in confirmations)
+    not be reset by its own watchdog for that. Returns the last instant a kick is allowed (the freshest
+    confirmation + the window), or None when no confirmation allows one now."""
+    confirmations = [t for t in (obs.coord.lease_confirmed_at, obs.link.promise_confirmed_at) if t is not None]
+    if not confirmations:
+        return None
+    until = max(confirmations) + timing.kick_window_s
+    return until if now <= until else None
 
 
 def _session_lapsing(obs: Observation, now: float, timing: Timing) -> bool:
@@ -333,8 +338,8 @@ def _leading(obs: Observation, now: float, timing: Timing, until: float) -> Plan
     # the watchdog first: a kick that waits behind a slow step lands later than its confirmation allows
     if not obs.watchdog_armed:
         head.append(ArmWatchdog())
-    elif _kick_allowed(obs, now, timing):
-        head.append(KickWatchdog())
+    elif (kick_until := _kick_until(obs, now, timing)) is not None:
+        head.append(KickWatchdog(kick_until))
     if not obs.datapath.configured:
         head.append(ConfigureTarget())
     if obs.datapath.serving and not _fenced(obs, epoch):

@@ -345,20 +345,21 @@ class Cluster:
     # --- executing a plan --------------------------------------------------------------------
 
     def execute(self, c: Controller, plan: Plan, start: int = 0, stop: int | None = None) -> list[tuple[str, bool]]:
-        """Run the plan's actions in order from ``start``; stop at the first failure (or at ``stop``)."""
+        """Run the plan's actions in order from ``start``; stop at the first failure other than a kick (or at
+        ``stop``)."""
         results: list[tuple[str, bool]] = []
         if start and c.last_plan is not plan:
             return results  # the agent restarted or re-planned meanwhile
-        if start and c.last_results and not all(ok for _, ok in c.last_results):
+        if start and c.last_results and not all(ok for name, ok in c.last_results if name != "KickWatchdog"):
             return results
         for action in plan.actions[start:stop]:
             if action.needs_lease and (plan.lease_valid_until is None or self.now >= plan.lease_valid_until):
-                results.append((action.name, False))
-                break
-            ok = self._apply(c, action)
+                ok = False
+            else:
+                ok = self._apply(c, action)
             results.append((action.name, ok))
             self.log.append((self.now, c.name, f"{action.name}{'' if ok else ' FAILED'}"))
-            if not ok:
+            if not ok and action.name != "KickWatchdog":  # as the executor: a late kick ends nothing else
                 break
         c.last_results = results
         return results
@@ -499,6 +500,8 @@ class Cluster:
         return True
 
     def _do_KickWatchdog(self, c: Controller, a: A.KickWatchdog) -> bool:
+        if self.now > a.until:
+            return False  # as the executor: too late for the confirmation that allowed it
         if self.profile.hardware_watchdog and c.watchdog_deadline is not None:
             c.watchdog_deadline = self.now + self.timing.watchdog_timeout_s
         return True

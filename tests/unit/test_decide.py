@@ -66,11 +66,21 @@ def test_no_watchdog_kick_on_a_stale_confirmation():
 def test_a_slow_round_trip_with_a_fresh_promise_still_kicks_and_before_any_slow_step():
     """The lease is valid but its confirmation is older than the kick window (a slow round trip right after
     ZooKeeper returned); the peer answered a promise just now: the kick goes out, first, so a healthy active
-    is not reset by its own watchdog (seen in the rig: the peer then powered it off as dead)."""
+    is not reset by its own watchdog for a slow round trip."""
     slow = with_datapath(with_coord(active(), lease_confirmed_at=NOW - T.kick_window_s - 0.1), configured=False)
     o = replace(slow, link=PeerLinkView(heard=(NOW - 0.05, NOW - 0.05), promise_confirmed_at=NOW - 0.05))
     assert names(decide(o, NOW, T))[:2] == ["KickWatchdog", "ConfigureTarget"]
     assert "KickWatchdog" not in names(decide(slow, NOW, T))
+
+
+def test_a_kick_carries_the_last_instant_its_freshest_confirmation_allows():
+    lease = NOW - 0.2
+    o = with_coord(active(), lease_confirmed_at=lease)
+    kick = decide(o, NOW, T).actions[0]
+    assert isinstance(kick, A.KickWatchdog) and kick.until == pytest.approx(lease + T.kick_window_s)
+    promised = replace(o, link=PeerLinkView(heard=(NOW, NOW), promise_confirmed_at=NOW - 0.05))
+    kick = decide(promised, NOW, T).actions[0]
+    assert isinstance(kick, A.KickWatchdog) and kick.until == pytest.approx(NOW - 0.05 + T.kick_window_s)
 
 
 @pytest.mark.parametrize(

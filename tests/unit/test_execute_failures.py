@@ -119,3 +119,32 @@ def test_moving_a_port_gets_the_ports_budget_not_the_operation_timeout():
     ex.after_adopt = lambda: "tickled 3 peer connection(s)"
     results = ex.run(Plan(Reason.ACTIVE, Role.ACTIVE, (A.AdoptPeerPorts(epoch=4),), lease_valid_until=99.0))
     assert seen == [pytest.approx(1.35)] and results[0].ok and results[0].detail == "tickled 3 peer connection(s)"
+
+
+class KickCounter(Sink):
+    def __init__(self) -> None:
+        super().__init__()
+        self.kicks = 0
+
+    def kick(self) -> None:
+        self.kicks += 1
+
+
+class Configured:
+    def configure(self, deadline: float) -> str:
+        return "ok"
+
+
+@pytest.mark.parametrize(("now", "kicked"), [(10.0, 1), (10.5, 1), (10.501, 0)])
+def test_a_kick_is_carried_out_only_until_its_confirmation_runs_out_and_a_late_one_ends_nothing(now, kicked):
+    sink = KickCounter()
+    ex = _executor(Configured(), sink)
+    ex.clock = lambda: now
+    plan = Plan(Reason.ACTIVE, Role.ACTIVE, (A.KickWatchdog(until=10.5), A.ConfigureTarget(), _publish()),
+                lease_valid_until=20.0)
+    results = ex.run(plan)
+    assert sink.kicks == kicked
+    assert [(r.action, r.ok) for r in results] == [("KickWatchdog", bool(kicked)), ("ConfigureTarget", True),
+                                                   ("Publish", True)]
+    if not kicked:
+        assert "past the confirmation" in results[0].error

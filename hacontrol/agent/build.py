@@ -95,7 +95,7 @@ def build_controller(cfg: Config, node: str, *, doubles: str | None = None, zk_h
     executor.heartbeat = notifier.kick
     watch = None if doubles else _wire_connections(cfg, node, parts, agent=agent, executor=executor,
                                                        coordinator=coordinator, sync=sync)
-    executor.publish_extra = lambda: {**_publish_extra(agent), **sync.report(), **_capacity_extra(parts["target"]),
+    executor.publish_extra = lambda: {**_publish_extra(agent), **sync.report(), **_target_extra(parts["target"]),
                                       **(watch.report() if watch is not None else {}),
                                       **({"peer_link": link.report()} if link is not None else {})}
     _wire_capacity(parts["target"], metrics, sync)
@@ -202,19 +202,26 @@ def _wire_connections(cfg: Config, node: str, parts: dict[str, Any], *, agent: A
     return watch
 
 
-def _capacity_extra(target: Any) -> dict[str, Any]:
-    """The backing stores' fill level for the member report (``hactl status``); LIO only."""
-    report = getattr(target, "capacity_report", None)
-    return {"capacity": report()} if report is not None else {}
+def _target_extra(target: Any) -> dict[str, Any]:
+    """The backing stores' fill level and the LUNs that carry initiators' persistent reservations, for the
+    member report (``hactl status``); LIO only."""
+    out = {}
+    for key, name in (("capacity", "capacity_report"), ("reservations", "reservations_report")):
+        report = getattr(target, name, None)
+        if report is not None:
+            out[key] = report()
+    return out
 
 
 def _wire_capacity(target: Any, metrics: Metrics, sync: ConfigSync) -> None:
-    """Capacity readings feed the metrics; a threshold crossing republishes the member report at once (the
-    config sync's dirty flag is the agent's existing "publish again" switch)."""
+    """Capacity readings feed the metrics; a threshold crossing, or a change in the LUNs' reservations,
+    republishes the member report at once (the config sync's dirty flag is the agent's existing "publish
+    again" switch)."""
     if not hasattr(target, "on_capacity"):
         return
     target.on_capacity = lambda r: metrics.on_capacity(r.lun, r.used_ratio, r.threshold_ratio)
     target.on_capacity_crossing = lambda: setattr(sync, "dirty", True)
+    target.on_reservations_changed = lambda: setattr(sync, "dirty", True)
 
 
 def ready_once(notifier: SystemdNotifier, starting_bound_s: float,

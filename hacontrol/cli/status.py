@@ -140,6 +140,7 @@ def status_doc(view: ClusterView, cfg: Config, now_wall: float) -> dict[str, Any
             "hosts_peer_ports": d.get("hosts_peer_ports", False),
             "last_error": d.get("last_error", ""),
             "capacity": d.get("capacity", []),  # LIO: backing store fill per LUN (adapters/lio/capacity.py)
+            "reservations": d.get("reservations", []),  # LIO: initiators' PR per LUN (adapters/lio/reservations.py)
             "config": {"sha256": (d.get("config_sha256") or "")[:12], "number": d.get("config_number"),
                        "restart_pending": d.get("config_restart_pending", False), "error": d.get("config_error", "")},
             "last_seen_s": None if m is None else round(now_wall - m.modified_wall, 3),
@@ -227,6 +228,7 @@ def render(doc: dict[str, Any]) -> str:
         if n.get("last_error"):
             lines.append(f"  {n['node']} last failed step: {n['last_error']}")
     lines.extend(_capacity_lines(doc))
+    lines.extend(_reservation_lines(doc))
     s = doc["switchover"]
     if s is None:
         lines.append("switchover: none")
@@ -255,6 +257,20 @@ def _link_lines(doc: dict[str, Any]) -> list[str]:
             peer = next((x for x in names if x != n["node"]), "the peer")
             out.append(f"failsafe: {peer} serves without ZooKeeper; {n['node']} promised it over the peer link not "
                        "to claim (it takes over once the promise runs out, if the peer goes silent)")
+    return out
+
+
+def _reservation_lines(doc: dict[str, Any]) -> list[str]:
+    """One line per LUN on which initiators hold persistent reservations, and that they are this controller's
+    only (LIO does not replicate them: a failover loses them, docs/vmware.md)."""
+    out = []
+    for n in doc["nodes"]:
+        for r in n.get("reservations", []):
+            h = r.get("holder")
+            held = f", {h['type']} held by {h['initiator']}" if h else ", no reservation"
+            out.append(f"guest reservations: {n['node']} LUN {r['lun']}: {r['registrations']} registration"
+                       f"{'' if r['registrations'] == 1 else 's'}{held} (kept by this controller only: lost on "
+                       "a failover)")
     return out
 
 

@@ -274,3 +274,27 @@ def test_a_distributed_configuration_lio_refuses_is_not_adopted(lio, devices):
         port.update_config(broken)
     assert [e["event"] for e in logs] == ["lio_config_rejected"]
     assert port.observe().configured and port.cfg is not broken
+
+
+def test_initiators_reservations_are_reported_per_lun_and_a_change_republishes(lio, devices):
+    from tests.unit.test_lio_reservations import HOLDER, NONE, REGISTERED, TG_PORT, TYPE
+
+    port = make(lio, lio_config(devices), reservations_every_s=0.0)
+    changed = []
+    port.on_reservations_changed = lambda: changed.append(1)
+    port.configure(FAR)
+    port.observe()
+    assert port.reservations_report() == [] and changed == []
+    so = next(p for p in (lio.root / "core").glob("*/hac-ds01"))
+    (so / "pr").mkdir(exist_ok=True)
+    files = {"res_pr_registered_i_pts": REGISTERED, "res_holder": HOLDER, "res_pr_type": TYPE,
+             "res_pr_holder_tg_port": TG_PORT, "res_pr_all_tgt_pts": NONE, "res_pr_generation": "0x3\n"}
+    for name, text in files.items():
+        (so / "pr" / name).write_text(text)
+    port.observe()
+    port.observe()
+    report = port.reservations_report()
+    assert [(r["lun"], r["registrations"], r["holder"]["type"]) for r in report] == [("ds01", 2, "WERO")]
+    assert changed == [1]
+    port.observe()
+    assert changed == [1]  # unchanged: no second republish

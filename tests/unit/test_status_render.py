@@ -27,3 +27,15 @@ def test_status_shows_the_step_that_keeps_failing():
     text = render(_doc(_node("ctrl-a", "standby", ready=False, last_error="ConfigureTarget: lun[0] thin: no discard"),
                        _node("ctrl-b", "active")))
     assert "ctrl-a last failed step: ConfigureTarget: lun[0] thin: no discard" in text
+
+
+def test_status_shows_the_luns_with_guest_reservations_and_that_a_failover_loses_them():
+    held = {"lun": "rdm0", "registrations": 2, "generation": 3, "keys": ["0xa1", "0xb2"],
+            "holder": {"initiator": "iqn.1998-01.com.vmware:esx01", "isid": "", "type": "WERO", "rtpi": 1,
+                       "all_target_ports": False}}
+    only = {"lun": "rdm1", "registrations": 1, "generation": 1, "keys": ["0xa1"], "holder": None}
+    text = render(_doc(_node("ctrl-a", "active", reservations=[held, only]), _node("ctrl-b", "standby")))
+    assert ("guest reservations: ctrl-a LUN rdm0: 2 registrations, WERO held by iqn.1998-01.com.vmware:esx01 "
+            "(kept by this controller only: lost on a failover)") in text
+    assert "guest reservations: ctrl-a LUN rdm1: 1 registration, no reservation" in text
+    assert "guest reservations" not in render(_doc(_node("ctrl-a", "active"), _node("ctrl-b", "standby")))

@@ -4,7 +4,8 @@ Per tick, ``observe()`` reads a handful of configfs files: for each target the e
 this controller's TPG and the enable flag of the peer's, and the two ALUA group states of one storage object
 (the LU group keeps them all equal). Everything else is cached: the last full snapshot (refreshed in the
 background after every change and every ``recheck_s``, which is also how drift is found) and the capacity
-readings (every ``capacity_every_s``).
+readings (every ``capacity_every_s``) and the initiators' persistent reservations per LUN (every
+``reservations_every_s``, ``reservations.py``).
 
 ``configure()`` is one transaction per call (``apply.py``). On a controller that serves I/O it honours the
 executor's deadline, stopping between units and continuing on the next call; on one that does not (starting,
@@ -29,6 +30,7 @@ from hacontrol.config.schema import Config
 from hacontrol.core.model import AluaState, DataPath
 
 from . import capacity as cap
+from . import reservations as pr
 from . import names
 from .alua import AluaControl
 from .apply import ApplyFailed, ApplyResult, Writer, apply_units
@@ -58,6 +60,7 @@ class LioPort(PortMoves):
                  root: str | Path = CONFIGFS, proc: str | Path = PROC_SYS, writer: Writer | None = None,
                  nft: Any = None, clock: Callable[[], float] = time.monotonic, recheck_s: float = 60.0,
                  capacity_every_s: float = 30.0, standby_budget_s: float = 120.0,
+                 reservations_every_s: float = 5.0,
                  capacity_reader: Callable[..., list[cap.CapacityReading]] = cap.read_capacity,
                  background: bool = True, per_device_alua: bool = False,
                  check_devices: Callable[[Config], list[Any]] = host_problems):
@@ -67,10 +70,12 @@ class LioPort(PortMoves):
         self.root = Path(root)
         self.clock = clock
         self.recheck_s, self.capacity_every_s, self.standby_budget_s = recheck_s, capacity_every_s, standby_budget_s
+        self.reservations_every_s = reservations_every_s
         self.per_device_alua = per_device_alua
         self._check_devices = check_devices
         self.on_capacity: Callable[[cap.CapacityReading], None] | None = None  # every reading with a ratio
         self.on_capacity_crossing: Callable[[], None] | None = None  # a LUN crossed its threshold (either way)
+        self.on_reservations_changed: Callable[[], None] | None = None  # what reservations_report() shows changed
         self._reader = Reader(root, proc)
         self._writer: Writer = writer or RtslibWriter(root, proc)
         self._nft = nft
@@ -88,7 +93,8 @@ class LioPort(PortMoves):
         self._pending_for: Desired | None = None
         self._view: tuple[AluaState, AluaState] | None = None  # (own, peer) as last set or read
         self._alua_changed_at: float | None = None
-        self._last_check = self._last_capacity = -1e18
+        self._last_check = self._last_capacity = self._last_reservations = -1e18
+        self._reservations: list[pr.LunReservations] = []
         self._first_cache: Path | None = None
         self._so_paths: tuple[int, list[Path]] | None = None
         self._structure = 0  # bumped by every apply (objects may have come or gone); ALUA switches do not
@@ -350,6 +356,10 @@ class LioPort(PortMoves):
             luns = cap.lun_devices(self.cfg)
             if self._worker.submit("capacity", self._generation, lambda: self._capacity_reader(luns)):
                 self._last_capacity = now
+        if self.cfg.targets and now - self._last_reservations >= self.reservations_every_s:
+            if self._worker.submit("reservations", self._generation,
+                                   lambda: pr.read_reservations(self.cfg, self.root)):
+                self._last_reservations = now
 
     def _consume_background(self) -> None:
         for result in self._worker.take():
@@ -357,6 +367,8 @@ class LioPort(PortMoves):
                 continue
             if result.kind == "capacity":
                 self._take_capacity(result.value)
+            elif result.kind == "reservations":
+                self._take_reservations(result.value)
             elif result.generation == self._generation:
                 snap, drift = result.value
                 self._snap, self._snap_generation = snap, result.generation
@@ -380,6 +392,17 @@ class LioPort(PortMoves):
             for r in readings:
                 if r.used_ratio is not None:
                     self.on_capacity(r)
+
+    def _take_reservations(self, states: list[pr.LunReservations]) -> None:
+        before = self.reservations_report()
+        self._reservations = states
+        if self.reservations_report() != before and self.on_reservations_changed is not None:
+            self.on_reservations_changed()
+
+    def reservations_report(self) -> list[dict[str, object]]:
+        """The LUNs that carry initiators' registrations or a reservation on this controller (LIO keeps them
+        per controller: docs/vmware.md), for the member report and ``hactl status``."""
+        return [r.as_dict() for r in self._reservations if r.registrations or r.holder is not None]
 
     def capacity_report(self) -> list[dict[str, object]]:
         """The last capacity readings (for the member report and ``hactl status``)."""

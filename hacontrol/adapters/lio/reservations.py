@@ -1,0 +1,165 @@
+"""What LIO holds of the initiators' own SCSI-3 persistent reservations on each LUN (reads only).
+
+Guest clusters (WSFC on RDMs, pacemaker with fence_scsi in VMs) register keys and reserve the LUNs this array
+exports. LIO keeps that state in the controller's memory, per storage object, and shows it read-only under
+``core/<hba>/<so>/pr/``:
+
+* ``res_pr_registered_i_pts``: one line per registration, ``iSCSI Node: <iqn>[,i,0x<isid>] Key: 0x<key>
+  PRgen: 0x<gen>`` (``None`` when there is none). The line does not name the target port the registration
+  was made through, nor whether it was made for all target ports.
+* ``res_pr_type``: ``SPC-3 Reservation Type: <name>`` or ``No SPC-3 Reservation holder``.
+* ``res_holder``: ``SPC-3 Reservation: iSCSI Initiator: <iqn>[,i,0x<isid>]`` (or no holder).
+* ``res_pr_holder_tg_port``: the holder's target port: ``Relative Port Identifier Tag: <rtpi> iSCSI Portal
+  Group Tag: <tag> iSCSI Logical Unit: <lun>``.
+* ``res_pr_all_tgt_pts``: whether the holder registered for all target ports.
+* ``res_pr_generation``: the device's PRgeneration, ``0x%08x``.
+
+The parsing is pure (unit-tested against the kernel's formats); :func:`read_reservations` reads the files of
+the storage objects hacontrol owns. Nothing here replicates the state to the peer: today it is what
+``hactl status`` shows per LUN.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from hacontrol.config.schema import Config
+
+from . import names
+from .snapshot import CONFIGFS, read_text
+
+# core_scsi3_pr_dump_type() in the kernel's target_core_pr.c, and the SPC-4 type codes
+PR_TYPES = {
+    "Write Exclusive Access": 1,
+    "Exclusive Access": 3,
+    "Write Exclusive Access, Registrants Only": 5,
+    "Exclusive Access, Registrants Only": 6,
+    "Write Exclusive Access, All Registrants": 7,
+    "Exclusive Access, All Registrants": 8,
+}
+SHORT_TYPES = {1: "WE", 3: "EA", 5: "WERO", 6: "EARO", 7: "WEAR", 8: "EAAR"}
+NO_HOLDER = "No SPC-3 Reservation holder"
+
+_REGISTRATION = re.compile(r"^\S+ Node: (?P<node>[^\s,]+)(?:,i,0x(?P<isid>[0-9a-fA-F]+))? "
+                           r"Key: 0x(?P<key>[0-9a-fA-F]+) PRgen: 0x(?P<gen>[0-9a-fA-F]+)$")
+_HOLDER = re.compile(r"^SPC-3 Reservation: \S+ Initiator: (?P<node>[^\s,]+)(?:,i,0x(?P<isid>[0-9a-fA-F]+))?$")
+_TG_PORT = re.compile(r"Relative Port Identifier Tag: (?P<rtpi>\d+) \S+ Portal Group Tag: (?P<tag>\d+)")
+
+
+@dataclass(frozen=True)
+class Registration:
+    """One I_T nexus's key, as far as LIO shows it (the initiator port; the target port is not shown)."""
+
+    initiator: str
+    isid: str  # hex, "" when the initiator port has none
+    key: int
+    generation: int
+
+
+@dataclass(frozen=True)
+class Holder:
+    initiator: str
+    isid: str
+    type: int  # SPC-4 code, 0 when LIO showed a name this module does not know
+    type_name: str
+    rtpi: int | None
+    tpg_tag: int | None
+    all_target_ports: bool
+
+
+@dataclass(frozen=True)
+class LunReservations:
+    lun: str  # the configuration's LUN name
+    generation: int | None
+    registrations: tuple[Registration, ...]
+    holder: Holder | None
+
+    def as_dict(self) -> dict[str, object]:
+        """For the member report and ``hactl status``: counts, the holder and the type; keys in hex."""
+        holder = None
+        if self.holder is not None:
+            h = self.holder
+            holder = {"initiator": h.initiator, "isid": h.isid, "type": SHORT_TYPES.get(h.type, h.type_name),
+                      "rtpi": h.rtpi, "all_target_ports": h.all_target_ports}
+        return {"lun": self.lun, "registrations": len(self.registrations), "generation": self.generation,
+                "keys": sorted({f"{r.key:#x}" for r in self.registrations}), "holder": holder}
+
+
+def parse_registrations(text: str) -> tuple[Registration, ...]:
+    out = []
+    for line in text.splitlines():
+        m = _REGISTRATION.match(line.strip())
+        if m:
+            out.append(Registration(m["node"], (m["isid"] or "").lower(), int(m["key"], 16), int(m["gen"], 16)))
+    return tuple(out)
+
+
+def parse_holder(holder: str, pr_type: str, tg_port: str, all_tgt_pts: str) -> Holder | None:
+    """The reservation holder from the four files that describe it; None without a holder (or when the
+    files disagree because a PR-OUT ran between the reads: the next read sees a settled state)."""
+    m = _HOLDER.match(holder.strip())
+    type_name = pr_type.strip().removeprefix("SPC-3 Reservation Type:").strip()
+    if m is None or pr_type.strip().startswith(NO_HOLDER) or not type_name:
+        return None
+    port = _TG_PORT.search(tg_port)
+    return Holder(initiator=m["node"], isid=(m["isid"] or "").lower(), type=PR_TYPES.get(type_name, 0),
+                  type_name=type_name, rtpi=int(port["rtpi"]) if port else None,
+                  tpg_tag=int(port["tag"]) if port else None,
+                  all_target_ports="All Target Ports" in all_tgt_pts)
+
+
+def parse_generation(text: str) -> int | None:
+    try:
+        return int(text.strip(), 16)
+    except ValueError:
+        return None
+
+
+def lun_reservations(lun: str, pr_dir: str) -> LunReservations | None:
+    """One storage object's PR state from its ``pr`` directory (None if the directory is not there)."""
+    if not os.path.isdir(pr_dir):
+        return None
+    files = {name: read_text(f"{pr_dir}/{name}") for name in (
+        "res_pr_registered_i_pts", "res_holder", "res_pr_type", "res_pr_holder_tg_port", "res_pr_all_tgt_pts",
+        "res_pr_generation")}
+    return LunReservations(lun=lun, generation=parse_generation(files["res_pr_generation"]),
+                           registrations=parse_registrations(files["res_pr_registered_i_pts"]),
+                           holder=parse_holder(files["res_holder"], files["res_pr_type"],
+                                               files["res_pr_holder_tg_port"], files["res_pr_all_tgt_pts"]))
+
+
+def storage_dirs(root: str | Path = CONFIGFS) -> dict[str, str]:
+    """hacontrol's storage objects (``hac-<lun>``) and their configfs directories, by storage object name."""
+    core = f"{root}/core"
+    out = {}
+    try:
+        hbas = [e.name for e in os.scandir(core) if e.is_dir(follow_symlinks=False) and "_" in e.name]
+    except OSError:
+        return {}
+    for hba in hbas:
+        try:
+            for e in os.scandir(f"{core}/{hba}"):
+                if e.is_dir(follow_symlinks=False) and names.owned_so(e.name):
+                    out[e.name] = e.path
+        except OSError:
+            continue
+    return out
+
+
+def read_reservations(cfg: Config, root: str | Path = CONFIGFS,
+                      dirs: Mapping[str, str] | None = None) -> list[LunReservations]:
+    """Every configured LUN's PR state on this controller, in configuration order (LUNs whose storage object
+    does not exist yet are left out)."""
+    found = storage_dirs(root) if dirs is None else dirs
+    out = []
+    for target in cfg.targets:
+        for lun in target.luns:
+            path = found.get(names.so_name(lun))
+            state = lun_reservations(lun.name, f"{path}/pr") if path else None
+            if state is not None:
+                out.append(state)
+    return out

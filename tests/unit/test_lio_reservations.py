@@ -1,0 +1,79 @@
+"""LIO's configfs view of the initiators' persistent reservations, parsed (texts as the kernel's
+target_core_configfs.c prints them), and read from a directory laid out like configfs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hacontrol.adapters.lio.reservations import (
+    Holder,
+    Registration,
+    lun_reservations,
+    parse_holder,
+    parse_registrations,
+    read_reservations,
+    storage_dirs,
+)
+from tests.unit.test_lio_fake import lio_config
+
+A, B = "iqn.2024-01.org.hacontrol:probe", "iqn.1998-01.com.vmware:esx01-4f1a"
+REGISTERED = (f"SPC-3 PR Registrations:\niSCSI Node: {A},i,0x23d000001 Key: 0x00000000000000a1 PRgen: 0x00000001\n"
+              f"iSCSI Node: {B},i,0x00023D000002 Key: 0x00000000000000b2 PRgen: 0x00000003\n")
+HOLDER = f"SPC-3 Reservation: iSCSI Initiator: {A},i,0x23d000001\n"
+TYPE = "SPC-3 Reservation Type: Write Exclusive Access, Registrants Only\n"
+TG_PORT = ("SPC-3 Reservation: iSCSI Target Node Endpoint: iqn.2026-11.org.hacontrol.rig:array\n"
+           "SPC-3 Reservation: Relative Port Identifier Tag: 2 iSCSI Portal Group Tag: 2 iSCSI Logical Unit: 0\n")
+NONE = "No SPC-3 Reservation holder\n"
+
+
+def test_each_registration_line_gives_the_initiator_port_and_key():
+    assert parse_registrations(REGISTERED) == (
+        Registration(A, "23d000001", 0xA1, 1), Registration(B, "00023d000002", 0xB2, 3))
+    assert parse_registrations("SPC-3 PR Registrations:\nNone\n") == ()
+    assert parse_registrations(f"SPC-3 PR Registrations:\niSCSI Node: {A} Key: 0x1 PRgen: 0x0\n") == (
+        Registration(A, "", 1, 0),)
+
+
+def test_the_holder_comes_with_its_type_and_target_port():
+    h = parse_holder(HOLDER, TYPE, TG_PORT, "SPC-3 Reservation: Single Target Port registration\n")
+    assert h == Holder(A, "23d000001", 5, "Write Exclusive Access, Registrants Only", 2, 2, False)
+    all_ports = parse_holder(HOLDER, "SPC-3 Reservation Type: Exclusive Access\n", TG_PORT,
+                             "SPC-3 Reservation: All Target Ports registration\n")
+    assert all_ports is not None and all_ports.type == 3 and all_ports.all_target_ports
+
+
+def test_no_holder_and_half_changed_files_read_as_no_holder():
+    assert parse_holder(NONE, NONE, NONE, NONE) is None
+    assert parse_holder(HOLDER, NONE, TG_PORT, NONE) is None  # released between the two reads
+
+
+def _pr_dir(base: Path, hba: str, so: str, files: dict[str, str]) -> None:
+    d = base / "core" / hba / so / "pr"
+    d.mkdir(parents=True)
+    for name, text in files.items():
+        (d / name).write_text(text)
+
+
+def test_read_reservations_reports_the_configured_luns_in_order(tmp_path):
+    cfg = lio_config(["/dev/sdb", "/dev/sdc"])
+    _pr_dir(tmp_path, "iblock_0", "hac-ds01", {
+        "res_pr_registered_i_pts": REGISTERED, "res_holder": HOLDER, "res_pr_type": TYPE,
+        "res_pr_holder_tg_port": TG_PORT, "res_pr_all_tgt_pts": "SPC-3 Reservation: Single Target Port "
+        "registration\n", "res_pr_generation": "0x00000003\n"})
+    _pr_dir(tmp_path, "iblock_1", "hac-ds02", {
+        "res_pr_registered_i_pts": "SPC-3 PR Registrations:\nNone\n", "res_holder": NONE, "res_pr_type": NONE,
+        "res_pr_holder_tg_port": NONE, "res_pr_all_tgt_pts": NONE, "res_pr_generation": "0x00000000\n"})
+    _pr_dir(tmp_path, "iblock_1", "someone-elses", {"res_pr_generation": "0x00000009\n"})
+    assert set(storage_dirs(tmp_path)) == {"hac-ds01", "hac-ds02"}
+    got = read_reservations(cfg, tmp_path)
+    assert [r.lun for r in got] == ["ds01", "ds02"]
+    assert got[0].as_dict() == {"lun": "ds01", "registrations": 2, "generation": 3, "keys": ["0xa1", "0xb2"],
+                                "holder": {"initiator": A, "isid": "23d000001", "type": "WERO", "rtpi": 2,
+                                           "all_target_ports": False}}
+    assert got[1].as_dict()["registrations"] == 0 and got[1].holder is None
+
+
+def test_a_storage_object_without_a_pr_directory_is_left_out(tmp_path):
+    (tmp_path / "core" / "iblock_0" / "hac-ds01").mkdir(parents=True)
+    assert lun_reservations("ds01", str(tmp_path / "core" / "iblock_0" / "hac-ds01" / "pr")) is None
+    assert read_reservations(lio_config(["/dev/sdb", "/dev/sdc"]), tmp_path) == []

@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from hacontrol.adapters.fencing import pr_codec as pr
 from hacontrol.probe.session import Credentials
 from tests.rig.test_lio_kit import (
     ESX,
@@ -34,6 +35,7 @@ from tests.rig.test_lio_kit import (
     PORTAL,
     PROBE,
     PROBE2,
+    PY,
     ROOT,
     SN0,
     SN1,
@@ -113,6 +115,62 @@ def test_a_switch_reaches_both_controllers_sessions_as_a_unit_attention(lio, ini
         lio.run("ctrl-b", "alua", "STANDBY", "STANDBY")
         lio.run("ctrl-a", "alua", "ACTIVE_OPTIMIZED", "STANDBY")
         lio.run("ctrl-b", "alua", "STANDBY", "ACTIVE_OPTIMIZED")
+
+
+# --- the initiators' own persistent reservations ---------------------------------------------------------------
+
+KEY1, KEY2 = 0x6775657374000001, 0x6775657374000002  # "guest" keys, nothing like the controllers' node<<32|epoch
+READ_PR = r"""
+import json, sys
+from hacontrol.config import loads
+from hacontrol.adapters.lio.reservations import read_reservations
+print(json.dumps([r.as_dict() for r in read_reservations(loads(open(sys.argv[1]).read()))]))
+"""
+
+
+def _register_two_and_reserve(portal: str, lun: int) -> list[str]:
+    with session(portal, lun, PROBE) as s1, session(portal, lun, PROBE2) as s2:
+        for s in (s1, s2):
+            clear_unit_attentions(s)
+        steps = [(s1, pr.register_and_ignore(KEY1)), (s2, pr.register_and_ignore(KEY2)),
+                 (s1, pr.reserve(KEY1, pr.PrType.WRITE_EXCLUSIVE_REGISTRANTS_ONLY))]
+        return [f"{c.name}: {s.execute(c.cdb, data_out=c.data).describe()}" for s, c in steps]
+
+
+def _pr_view(portal: str, lun: int) -> dict[str, Any]:
+    with session(portal, lun, PROBE2) as s:
+        clear_unit_attentions(s)
+        keys = pr.parse_read_keys(s.execute(pr.cdb_pr_in(pr.PrIn.READ_KEYS, 1024), data_in_len=1024).data)
+        res = pr.parse_read_reservation(s.execute(pr.cdb_pr_in(pr.PrIn.READ_RESERVATION, 64), data_in_len=64).data)
+        return {"keys": sorted(keys.keys), "generation": keys.generation, "holder_key": res.key, "type": res.pr_type}
+
+
+def _clear(portal: str, lun: int) -> str:
+    with session(portal, lun, PROBE) as s:
+        clear_unit_attentions(s)
+        c = pr.clear(KEY1)
+        return s.execute(c.cdb, data_out=c.data).describe()
+
+
+def test_lio_shows_the_initiators_reservations_on_the_controller_they_used_and_not_on_the_other(rig, lio, initiator):
+    """What hactl status reads (adapters/lio/reservations.py) against real LIO, and the gap issue #18 is about:
+    the standby controller has none of it."""
+    lun = 1
+    try:
+        done = initiator(_register_two_and_reserve, PORTAL["ctrl-a"], lun)
+        assert all(d.endswith("GOOD") for d in done), done
+        seen = {n: json.loads(rig.ssh(n, f"{PY} - /root/lio-test.toml", input_text=READ_PR, timeout=120,
+                                      check=True).stdout.strip().splitlines()[-1]) for n in ("ctrl-a", "ctrl-b")}
+        a = next(r for r in seen["ctrl-a"] if r["lun"] == "ds1")
+        assert a["registrations"] == 2 and a["keys"] == [f"{KEY1:#x}", f"{KEY2:#x}"], seen
+        assert a["holder"]["initiator"] == PROBE and a["holder"]["type"] == "WERO" and a["holder"]["rtpi"] == 1, seen
+        assert all(r["registrations"] == 0 and r["holder"] is None for r in seen["ctrl-b"]), seen
+        # the initiator's view: the standby path (PR commands are allowed in Standby) knows nothing
+        via_a, via_b = initiator(_pr_view, PORTAL["ctrl-a"], lun), initiator(_pr_view, PORTAL["ctrl-b"], lun)
+        assert via_a["keys"] == sorted([KEY1, KEY2]) and via_a["holder_key"] == KEY1 and via_a["type"] == 5, via_a
+        assert via_b["keys"] == [] and via_b["holder_key"] is None, via_b
+    finally:
+        initiator(_clear, PORTAL["ctrl-a"], lun)
 
 
 # --- VAAI ------------------------------------------------------------------------------------------------------

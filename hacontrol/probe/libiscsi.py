@@ -123,6 +123,7 @@ _PROTOTYPES: dict[str, tuple[object, list[object]]] = {
     "iscsi_set_initiator_username_pwd": (_int, [_ctx, _str, _str]),
     "iscsi_set_target_username_pwd": (_int, [_ctx, _str, _str]),
     "iscsi_set_noautoreconnect": (None, [_ctx, _int]),
+    "iscsi_set_isid_oui": (_int, [_ctx, ctypes.c_uint32, ctypes.c_uint32]),
     "iscsi_set_timeout": (_int, [_ctx, _int]),
     "iscsi_get_error": (_str, [_ctx]),
     "iscsi_get_target_address": (_str, [_ctx]),

@@ -63,6 +63,11 @@ class Target:
     lun: int
     initiator_name: str
     credentials: Credentials | None = None
+    isid: int | None = None  # the initiator port's ISID (OUI format: the top two bits 0); None: libiscsi's random
+
+    def __post_init__(self) -> None:
+        if self.isid is not None and not 0 <= self.isid < 1 << 46:
+            raise ValueError(f"isid {self.isid:#x}: only the OUI format (6 bytes, the top two bits 0) can be set")
 
     def redact(self, text: str) -> str:
         return self.credentials.redact(text) if self.credentials else text
@@ -232,6 +237,8 @@ class Session:
         ok = ok and lib.iscsi_set_session_type(ctx, li.ISCSI_SESSION_NORMAL) == 0
         ok = ok and lib.iscsi_set_header_digest(ctx, li.ISCSI_HEADER_DIGEST_NONE) == 0
         lib.iscsi_set_noautoreconnect(ctx, 1)  # we reconnect ourselves, and record it
+        if t.isid is not None:  # the same initiator port on every login: the same I_T nexus for reservations
+            lib.iscsi_set_isid_oui(ctx, t.isid >> 24, t.isid & 0xFFFFFF)
         creds = t.credentials
         if ok and creds is not None:
             ok = lib.iscsi_set_initiator_username_pwd(ctx, creds.user.encode(), creds.secret.encode()) == 0

@@ -469,3 +469,49 @@ def test_session_decodes_real_sense(daemons, backing, lab):
     assert vpd.ok and vpd.data[1] == 0x00 and 0x83 in vpd.data[4:4 + vpd.data[3]]
     assert out["write"].ok and out["read"].data == out["payload"]
     assert out["after_reconnect"].ok or out["after_reconnect"].sense.is_unit_attention()
+
+
+ISID = 0x023D00000A07  # OUI format, as ESXi's and open-iscsi's
+
+
+def full_status_with_a_fixed_isid(portal: str) -> dict[str, Any]:
+    """Register through one login with a chosen ISID, log in again with the same ISID (the same I_T nexus),
+    release-and-unregister from there: what a controller replaying an initiator's reservation relies on."""
+    from hacontrol.adapters.fencing import pr_codec as pr
+
+    def run(session: Session, command: pr.PrOutCommand) -> str:
+        for _ in range(3):  # a fresh nexus starts with a unit attention
+            r = session.execute(command.cdb, data_out=command.data)
+            if r.sense is None or not r.sense.is_unit_attention():
+                return r.describe()
+        return r.describe()
+
+    def full_status(session: Session) -> tuple[int, tuple[pr.FullStatus, ...]]:
+        return pr.parse_read_full_status(
+            session.execute(pr.cdb_pr_in(pr.PrIn.READ_FULL_STATUS, 4096), data_in_len=4096).data)
+
+    out: dict[str, Any] = {}
+    target = Target(IQN, 1, INITIATOR, isid=ISID)
+    with Session(target) as s:
+        s.connect(portal, timeout_s=5)
+        out["register"] = run(s, pr.register_and_ignore(0xABC1))
+        out["reserve"] = run(s, pr.reserve(0xABC1, pr.PrType.WRITE_EXCLUSIVE))
+        out["status"] = full_status(s)
+    with Session(target) as again:
+        again.connect(portal, timeout_s=5)
+        out["release_again"] = run(again, pr.release(0xABC1, pr.PrType.WRITE_EXCLUSIVE))
+        out["unregister_again"] = run(again, pr.register(0xABC1, 0))
+        out["after"] = full_status(again)
+    return out
+
+
+def test_a_fixed_isid_is_the_same_nexus_on_every_login_and_read_full_status_names_it(daemons, backing, lab):
+    tgt = daemons("tgt-a").configure(backing)
+    out = in_netns(lab.members["client"].netns, lambda: full_status_with_a_fixed_isid(tgt.portal))
+    assert (out["register"], out["reserve"], out["release_again"], out["unregister_again"]) == ("GOOD",) * 4, out
+    _, regs = out["status"]
+    assert len(regs) == 1, regs
+    r = regs[0]
+    assert (r.key, r.holder, r.pr_type, r.initiator) == (0xABC1, True, 1, INITIATOR), r
+    assert r.isid in ("", f"{ISID:012x}"), r  # tgt may send the name-only TransportID; LIO sends the ISID
+    assert out["after"][1] == ()  # released and unregistered from the second login: it was the same nexus

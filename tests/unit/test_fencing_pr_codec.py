@@ -1,5 +1,7 @@
 """PR keys, CDBs and PR IN data against hand-computed bytes (SPC-4 6.15 PERSISTENT RESERVE IN, 6.16 OUT)."""
 
+import struct
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -142,3 +144,28 @@ def test_read_reservation_truncated():
 def test_registrants_only_is_not_all_registrants():
     assert not pr.PrType.WRITE_EXCLUSIVE_REGISTRANTS_ONLY.all_registrants
     assert pr.PrType.EXCLUSIVE_ACCESS_ALL_REGISTRANTS.all_registrants
+
+
+def _iscsi_tid(text: str, with_isid: bool) -> bytes:
+    body = text.encode() + b"\0"
+    body += b"\0" * (-len(body) % 4)
+    return bytes([(0x40 if with_isid else 0x00) | 5, 0]) + struct.pack(">H", len(body)) + body
+
+
+def _full_status_descriptor(key: int, flags: int, scope_type: int, rtpi: int, tid: bytes) -> bytes:
+    return struct.pack(">Q4xBB4xHI", key, flags, scope_type, rtpi, len(tid)) + tid
+
+
+def test_read_full_status_gives_each_nexus_with_its_target_port_and_the_holder():
+    d1 = _full_status_descriptor(0xA1, 0x01, 0x05, 1, _iscsi_tid("iqn.2024-01.org.hacontrol:probe,i,0x23D000001", True))
+    d2 = _full_status_descriptor(0xB2, 0x02, 0x00, 2, _iscsi_tid("iqn.2024-01.org.hacontrol:probe2", False))
+    data = struct.pack(">II", 7, len(d1) + len(d2)) + d1 + d2
+    generation, regs = pr.parse_read_full_status(data)
+    assert generation == 7
+    assert regs == (pr.FullStatus(0xA1, True, False, 0, 5, 1, "iqn.2024-01.org.hacontrol:probe", "23d000001"),
+                    pr.FullStatus(0xB2, False, True, 0, 0, 2, "iqn.2024-01.org.hacontrol:probe2", ""))
+    assert pr.parse_read_full_status(struct.pack(">II", 3, 0)) == (3, ())
+    with pytest.raises(ValueError, match="runs past"):
+        pr.parse_read_full_status(struct.pack(">II", 1, len(d1) - 4) + d1[:-4])
+    with pytest.raises(ValueError, match="announced"):
+        pr.parse_read_full_status(struct.pack(">II", 1, len(d1)) + d1[:-4])

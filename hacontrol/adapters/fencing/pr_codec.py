@@ -190,3 +190,51 @@ def parse_read_reservation(data: bytes) -> Reservation:
     key = struct.unpack_from(">Q", data, 8)[0]
     scope_type = data[21]
     return Reservation(generation, key, scope_type & 0x0F, scope_type >> 4)
+
+
+@dataclass(frozen=True)
+class FullStatus:
+    """One registration as READ FULL STATUS reports it (SPC-4 6.16.4.5): the key, the I_T nexus (the target
+    port's relative id and the initiator's TransportID), and whether it holds the reservation."""
+
+    key: int
+    holder: bool
+    all_target_ports: bool
+    scope: int
+    pr_type: int  # meaningful only for the holder
+    rtpi: int
+    initiator: str  # the iSCSI name; the TransportID of another protocol as hex
+    isid: str  # hex, "" for a TransportID without one
+
+
+def parse_transport_id(tid: bytes) -> tuple[str, str]:
+    """An iSCSI TransportID (protocol 5): format 00b is the name alone, 01b the name, ",i,0x" and the ISID
+    (SPC-4 7.6.4.6); both NUL-terminated and padded. Any other protocol comes back as hex, no ISID."""
+    if len(tid) < 4 or tid[0] & 0x0F != 5:
+        return tid.hex(), ""
+    length = struct.unpack_from(">H", tid, 2)[0]
+    text = tid[4:4 + length].split(b"\0", 1)[0].decode("utf-8", "replace")
+    name, sep, isid = text.partition(",i,0x")
+    return (name, isid.lower()) if sep else (text, "")
+
+
+def parse_read_full_status(data: bytes) -> tuple[int, tuple[FullStatus, ...]]:
+    """READ FULL STATUS: header, then one descriptor per registered I_T nexus (24 bytes + TransportID)."""
+    generation, additional = _header(data, "READ FULL STATUS")
+    if len(data) < 8 + additional:
+        raise ValueError(f"READ FULL STATUS: {additional} bytes announced, {len(data) - 8} returned")
+    out, at, end = [], 8, 8 + additional
+    while at < end:
+        if end - at < 24:
+            raise ValueError(f"READ FULL STATUS: a descriptor cut short at byte {at}")
+        key = struct.unpack_from(">Q", data, at)[0]
+        flags, scope_type = data[at + 12], data[at + 13]
+        rtpi = struct.unpack_from(">H", data, at + 18)[0]
+        tid_len = struct.unpack_from(">I", data, at + 20)[0]
+        if at + 24 + tid_len > end:
+            raise ValueError(f"READ FULL STATUS: a TransportID of {tid_len} bytes runs past the data")
+        name, isid = parse_transport_id(data[at + 24:at + 24 + tid_len])
+        out.append(FullStatus(key, bool(flags & 0x01), bool(flags & 0x02), scope_type >> 4, scope_type & 0x0F, rtpi,
+                              name, isid))
+        at += 24 + tid_len
+    return generation, tuple(out)

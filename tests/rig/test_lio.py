@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from hacontrol.adapters.fencing import pr_codec as pr
-from hacontrol.probe.session import Credentials
+from hacontrol.probe.session import Credentials, Session, Target
 from tests.rig.test_lio_kit import (
     ESX,
     ESX_CHAP,
@@ -128,26 +128,35 @@ print(json.dumps([r.as_dict() for r in read_reservations(loads(open(sys.argv[1])
 """
 
 
+ISID1, ISID2 = 0x023D00000101, 0x023D00000102  # fixed initiator ports: the same I_T nexus on every login
+
+
+def _login(portal: str, lun: int, initiator: str, isid: int) -> Session:
+    s = Session(Target(IQN, lun, initiator, TARGET_CHAP, isid=isid))
+    s.connect(f"{portal}:3260", 5)
+    clear_unit_attentions(s)
+    return s
+
+
 def _register_two_and_reserve(portal: str, lun: int) -> list[str]:
-    with session(portal, lun, PROBE) as s1, session(portal, lun, PROBE2) as s2:
-        for s in (s1, s2):
-            clear_unit_attentions(s)
+    with _login(portal, lun, PROBE, ISID1) as s1, _login(portal, lun, PROBE2, ISID2) as s2:
         steps = [(s1, pr.register_and_ignore(KEY1)), (s2, pr.register_and_ignore(KEY2)),
                  (s1, pr.reserve(KEY1, pr.PrType.WRITE_EXCLUSIVE_REGISTRANTS_ONLY))]
         return [f"{c.name}: {s.execute(c.cdb, data_out=c.data).describe()}" for s, c in steps]
 
 
 def _pr_view(portal: str, lun: int) -> dict[str, Any]:
-    with session(portal, lun, PROBE2) as s:
-        clear_unit_attentions(s)
+    with _login(portal, lun, PROBE2, ISID2) as s:
         keys = pr.parse_read_keys(s.execute(pr.cdb_pr_in(pr.PrIn.READ_KEYS, 1024), data_in_len=1024).data)
         res = pr.parse_read_reservation(s.execute(pr.cdb_pr_in(pr.PrIn.READ_RESERVATION, 64), data_in_len=64).data)
-        return {"keys": sorted(keys.keys), "generation": keys.generation, "holder_key": res.key, "type": res.pr_type}
+        r = s.execute(pr.cdb_pr_in(pr.PrIn.READ_FULL_STATUS, 4096), data_in_len=4096)
+        full = sorted((x.initiator, x.isid, x.key, x.holder, x.rtpi) for x in pr.parse_read_full_status(r.data)[1]) \
+            if r.ok else r.describe()
+        return {"keys": sorted(keys.keys), "holder_key": res.key, "type": res.pr_type, "full": full}
 
 
 def _clear(portal: str, lun: int) -> str:
-    with session(portal, lun, PROBE) as s:
-        clear_unit_attentions(s)
+    with _login(portal, lun, PROBE, ISID1) as s:
         c = pr.clear(KEY1)
         return s.execute(c.cdb, data_out=c.data).describe()
 
@@ -168,6 +177,9 @@ def test_lio_shows_the_initiators_reservations_on_the_controller_they_used_and_n
         # the initiator's view: the standby path (PR commands are allowed in Standby) knows nothing
         via_a, via_b = initiator(_pr_view, PORTAL["ctrl-a"], lun), initiator(_pr_view, PORTAL["ctrl-b"], lun)
         assert via_a["keys"] == sorted([KEY1, KEY2]) and via_a["holder_key"] == KEY1 and via_a["type"] == 5, via_a
+        # READ FULL STATUS names each nexus: our fixed ISIDs and ctrl-a's relative port id
+        assert via_a["full"] == [(PROBE, f"{ISID1:012x}", KEY1, True, 1), (PROBE2, f"{ISID2:012x}", KEY2, False, 1)]
+        assert a["holder"]["isid"] == f"{ISID1:012x}", seen
         assert via_b["keys"] == [] and via_b["holder_key"] is None, via_b
     finally:
         initiator(_clear, PORTAL["ctrl-a"], lun)

@@ -120,6 +120,16 @@ def test_credentials_never_show_their_secrets():
     assert TARGET.redact("a s3cret-never-printed b") == "a *** b"
 
 
+def test_only_an_oui_format_isid_can_be_set_and_a_fixed_one_reaches_a_context():
+    with pytest.raises(ValueError, match="OUI format"):
+        Target("iqn.x", 0, "iqn.y", isid=0x8000_0000_0001)  # type 10b (random)
+    with pytest.raises(ValueError, match="OUI format"):
+        Target("iqn.x", 0, "iqn.y", isid=-1)
+    session = Session(Target("iqn.2024-01.org.hacontrol:x", 0, "iqn.2024-01.org.hacontrol:y", isid=0x023D0000010A))
+    ctx = session._new_context()  # the library accepts it before any login (nothing is sent)
+    session._lib.iscsi_destroy_context(ctx)
+
+
 def test_refused_connect_is_a_login_failure_with_the_socket_error():
     with socket.socket() as probe_port:  # find a loopback port nobody listens on
         probe_port.bind(("127.0.0.1", 0))

@@ -35,6 +35,8 @@ sys.path.insert(0, str(ROOT))
 from rigctl import Rig  # noqa: E402
 
 from hacontrol.adapters.fencing import pr_codec as pr  # noqa: E402
+from hacontrol.adapters.lio.reservations import aptpl_line, port_of_rtpi  # noqa: E402
+from hacontrol.config import loads  # noqa: E402
 from hacontrol.probe.session import Session, Target  # noqa: E402
 from tests.rig.test_lio_kit import (  # noqa: E402
     ESX,
@@ -132,17 +134,15 @@ def writes(portal: str) -> dict[str, str]:
     return out
 
 
-def metadata_lines(status: dict[str, Any]) -> list[str]:
-    """One APTPL metadata line per registration (the kernel's own key=value format; the TPG tag is the
-    RTPI here: one target, node ids 1 and 2, adapters/lio/names.py)."""
+def metadata_lines(status: dict[str, Any], cfg: Any) -> list[str]:
+    """One APTPL metadata line per registration READ FULL STATUS reported (adapters/lio/reservations.py)."""
     lines = []
     for r in status["registrations"]:
-        fields = ["initiator_fabric=iSCSI", f"initiator_node={r['initiator']}",
-                  f"initiator_sid={r['isid']}" if r["isid"] else "", f"sa_res_key={int(r['key'], 16)}",
-                  f"res_holder={int(r['holder'])}", f"res_type={r['type'] if r['holder'] else 0}", "res_scope=0",
-                  f"res_all_tg_pt={int(r['all_tg_pt'])}", f"mapped_lun={LUN}", "target_fabric=iSCSI",
-                  f"target_node={IQN}", f"tpgt={r['rtpi']}", f"port_rtpi={r['rtpi']}", f"target_lun={LUN}"]
-        lines.append(",".join(f for f in fields if f))
+        port = port_of_rtpi(cfg, r["rtpi"])
+        assert port is not None, f"no TPG has relative port id {r['rtpi']}"
+        lines.append(aptpl_line(initiator=r["initiator"], isid=r["isid"], key=int(r["key"], 16), holder=r["holder"],
+                                pr_type=r["type"], all_target_ports=r["all_tg_pt"], target_iqn=port[0],
+                                tpg_tag=port[1], rtpi=r["rtpi"], lun=LUN))
     return lines
 
 
@@ -200,7 +200,7 @@ def main() -> int:
         out["register"] = initiator(register_and_reserve, PORTAL["ctrl-a"])
         out["via_ctrl_a"] = initiator(full_status, PORTAL["ctrl-a"])
         out["via_ctrl_b_before"] = initiator(full_status, PORTAL["ctrl-b"])
-        lines = metadata_lines(out["via_ctrl_a"])
+        lines = metadata_lines(out["via_ctrl_a"], loads(env.config()))
         out["metadata_lines"] = lines
         sampler = TurSampler(Initiator(rig.namespace))
         sampler.run()

@@ -77,3 +77,19 @@ def test_a_storage_object_without_a_pr_directory_is_left_out(tmp_path):
     (tmp_path / "core" / "iblock_0" / "hac-ds01").mkdir(parents=True)
     assert lun_reservations("ds01", str(tmp_path / "core" / "iblock_0" / "hac-ds01" / "pr")) is None
     assert read_reservations(lio_config(["/dev/sdb", "/dev/sdc"]), tmp_path) == []
+
+
+def test_a_registration_becomes_one_line_of_the_kernels_aptpl_metadata():
+    from hacontrol.adapters.lio.reservations import aptpl_line, port_of_rtpi
+
+    cfg = lio_config(["/dev/sdb", "/dev/sdc"])
+    iqn = cfg.targets[0].iqn
+    assert port_of_rtpi(cfg, 1) == (iqn, 1) and port_of_rtpi(cfg, 2) == (iqn, 2) and port_of_rtpi(cfg, 9) is None
+    line = aptpl_line(initiator=A, isid="023D00000101", key=0xA1, holder=True, pr_type=5, all_target_ports=False,
+                      target_iqn=iqn, tpg_tag=1, rtpi=1, lun=1)
+    assert line == (f"initiator_fabric=iSCSI,initiator_node={A},initiator_sid=023d00000101,sa_res_key=161,"
+                    f"res_holder=1,res_type=5,res_scope=0,res_all_tg_pt=0,mapped_lun=1,target_fabric=iSCSI,"
+                    f"target_node={iqn},tpgt=1,port_rtpi=1,target_lun=1")
+    plain = aptpl_line(initiator=B, isid="", key=0xB2, holder=False, pr_type=5, all_target_ports=True,
+                       target_iqn=iqn, tpg_tag=2, rtpi=2, lun=0)
+    assert "initiator_sid" not in plain and "res_type=0" in plain and "res_all_tg_pt=1" in plain

@@ -163,3 +163,31 @@ def read_reservations(cfg: Config, root: str | Path = CONFIGFS,
             if state is not None:
                 out.append(state)
     return out
+
+
+# --- writing a registration back into LIO (APTPL metadata) --------------------------------------------------
+
+def port_of_rtpi(cfg: Config, rtpi: int) -> tuple[str, int] | None:
+    """The (target IQN, TPG tag) whose relative port id is ``rtpi`` (the same on both controllers, names.py)."""
+    for index, target in enumerate(cfg.targets):
+        for node in cfg.nodes:
+            if names.rtpi(cfg, index, node) == rtpi:
+                return target.iqn, names.tpg_tag(node)
+    return None
+
+
+def aptpl_line(*, initiator: str, isid: str, key: int, holder: bool, pr_type: int, all_target_ports: bool,
+               target_iqn: str, tpg_tag: int, rtpi: int, lun: int) -> str:
+    """One registration in the kernel's APTPL metadata format (``pr/res_aptpl_metadata``, parsed by
+    target_pr_res_aptpl_metadata_store): LIO keeps it pending and attaches it to the I_T nexus when the LUN is
+    exported to that initiator's ACL through that TPG. The mapped LUN is the LUN id (hacontrol maps each LUN
+    under its own id). Refused by the kernel while the device is exported anywhere."""
+    if not key:
+        raise ValueError("a registration's key is never 0")
+    fields = ["initiator_fabric=iSCSI", f"initiator_node={initiator}"]
+    if isid:
+        fields.append(f"initiator_sid={isid.lower()}")
+    fields += [f"sa_res_key={key}", f"res_holder={int(holder)}", f"res_type={pr_type if holder else 0}",
+               "res_scope=0", f"res_all_tg_pt={int(all_target_ports)}", f"mapped_lun={lun}", "target_fabric=iSCSI",
+               f"target_node={target_iqn}", f"tpgt={tpg_tag}", f"port_rtpi={rtpi}", f"target_lun={lun}"]
+    return ",".join(fields)

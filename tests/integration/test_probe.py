@@ -469,4 +469,3 @@ def test_session_decodes_real_sense(daemons, backing, lab):
     assert vpd.ok and vpd.data[1] == 0x00 and 0x83 in vpd.data[4:4 + vpd.data[3]]
     assert out["write"].ok and out["read"].data == out["payload"]
     assert out["after_reconnect"].ok or out["after_reconnect"].sense.is_unit_attention()
-

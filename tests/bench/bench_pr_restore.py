@@ -7,11 +7,12 @@ nothing.
 Steps (both controllers configured from tests/rig/test_lio_kit.CONFIG, agents stopped, ctrl-a Active/Optimized):
 
 1. Two initiators with fixed ISIDs register through ctrl-a's port (RTPI 1) on LUN 1, the first reserves it
-   (Write Exclusive, Registrants Only); READ FULL STATUS through ctrl-a gives every registration with its target
-   port and ISID (what an agent can read from its own LIO with one command) and through ctrl-b shows nothing.
+   (Write Exclusive, Registrants Only); the second also registers through ctrl-b's own (Standby) port. READ FULL
+   STATUS through each controller gives its registrations with their target port and ISID (what an agent can
+   read from its own LIO with one command): each controller knows only what came through its own ports.
 2. On ctrl-b, the state is written into LIO as APTPL metadata (``pr/res_aptpl_metadata``): first while the
-   LUN is exported (the kernel refuses that), then after removing the LUN's exports, which hacontrol's
-   configure then re-creates. How long each part takes.
+   LUN is exported (the kernel refuses that), then after removing the LUN's exports (what ctrl-b's LIO still
+   holds then is recorded), and hacontrol's configure re-creates the exports. How long each part takes.
 3. READ FULL STATUS through ctrl-b afterwards; then ctrl-b is made Active/Optimized and a non-registrant
    (ESX) and the holder's initiator on a nexus it did not register (ctrl-b's own port) write: both must get
    RESERVATION CONFLICT if the reservation came back. What a command on ctrl-b's path sees while the LUN is
@@ -54,7 +55,7 @@ from tests.rig.test_lio_kit import (  # noqa: E402
 
 LUN = 1
 SO = "hac-ds1"
-KEY1, KEY2 = 0x6775657374000001, 0x6775657374000002
+KEY1, KEY2, KEY3 = 0x6775657374000001, 0x6775657374000002, 0x6775657374000003
 ISID1, ISID2, ISID_ESX, ISID_TUR = 0x023D00000001, 0x023D00000002, 0x023D00000003, 0x023D00000009
 
 # Runs on a controller: the metadata written while exported, then unexport and write (one line per
@@ -80,6 +81,10 @@ out["exports"] = [[l.parent_tpg.tag, l.lun] for l in luns]
 for l in luns:
     l.delete()
 t1 = time.monotonic()
+def registered():
+    with open(f"{so.path}/pr/res_pr_registered_i_pts") as f:
+        return f.read().strip().splitlines()[1:]
+out["registered_after_unexport"] = registered()
 errors = []
 for line in lines:
     try:
@@ -87,7 +92,8 @@ for line in lines:
     except OSError as e:
         errors.append(f"{e.strerror} (errno {e.errno})")
 t2 = time.monotonic()
-out.update(unexport_s=round(t1 - t0, 4), metadata_s=round(t2 - t1, 4), metadata_errors=errors)
+out.update(unexport_s=round(t1 - t0, 4), metadata_s=round(t2 - t1, 4), metadata_errors=errors,
+           registered_after_load=registered())
 print(json.dumps(out))
 """
 
@@ -116,6 +122,13 @@ def full_status(portal: str) -> dict[str, Any]:
                                           "all_tg_pt": x.all_target_ports, "rtpi": x.rtpi,
                                           "initiator": x.initiator, "isid": x.isid} for x in regs],
                                         key=lambda d: (d["initiator"], d["isid"], d["rtpi"]))}
+
+
+def register_on_the_standby_path(portal: str) -> str:
+    """The second initiator also registers through ctrl-b's own (Standby) port: LIO allows PR-OUT there, and
+    the registration lives in ctrl-b's LIO only."""
+    with session(portal, PROBE2, ISID2) as s:
+        return out_cmd(s, pr.register_and_ignore(KEY3))
 
 
 def register_and_reserve(portal: str) -> list[str]:
@@ -199,8 +212,11 @@ def main() -> int:
     try:
         out["register"] = initiator(register_and_reserve, PORTAL["ctrl-a"])
         out["via_ctrl_a"] = initiator(full_status, PORTAL["ctrl-a"])
+        out["register_via_ctrl_b"] = initiator(register_on_the_standby_path, PORTAL["ctrl-b"])
         out["via_ctrl_b_before"] = initiator(full_status, PORTAL["ctrl-b"])
-        lines = metadata_lines(out["via_ctrl_a"], loads(env.config()))
+        # ctrl-a's registrations and ctrl-b's own: unexporting drops what ctrl-b had (measured below)
+        merged = {"registrations": out["via_ctrl_a"]["registrations"] + out["via_ctrl_b_before"]["registrations"]}
+        lines = metadata_lines(merged, loads(env.config()))
         out["metadata_lines"] = lines
         sampler = TurSampler(Initiator(rig.namespace))
         sampler.run()

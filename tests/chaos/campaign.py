@@ -100,8 +100,8 @@ def phases(cluster: Cluster, mark: Mark, rep: dict[str, Any], status: dict[str, 
     leader = status.get("leader") or {}
     created = leader.get("created_on_zookeeper")
     if changed and created:
-        records = [r for r in cluster.history() if r.get("to") == leader.get("node") and r.get("phases")]
-        if records:
+        records = _takeover_records(cluster, status)
+        if records and records[-1].get("phases"):
             ph = records[-1]["phases"]
             claimed = float(created) - mark.wall
             for name in ("detect", "fenced", "alua", "vips"):
@@ -113,11 +113,19 @@ def phases(cluster: Cluster, mark: Mark, rep: dict[str, Any], status: dict[str, 
 
 def detected_by(cluster: Cluster, status: dict[str, Any], changed: bool) -> str | None:
     """How the new active noticed the old one was gone: "peer_link" or "zookeeper" (None: no takeover)."""
-    leader = (status.get("leader") or {}).get("node")
-    if not changed or not leader:
+    if not changed:
         return None
-    records = [r for r in cluster.history() if r.get("to") == leader and r.get("kind") == "failover"]
+    records = [r for r in _takeover_records(cluster, status) if r.get("kind") == "failover"]
     return records[-1].get("detected_by", "zookeeper") if records else None
+
+
+def _takeover_records(cluster: Cluster, status: dict[str, Any]) -> list[dict[str, Any]]:
+    """The history records of the takeover that made the current leader: to that node, at that epoch. An
+    active that leads again under a new epoch without a takeover (its session expired while it served on the
+    peer's promise) has none, and an older takeover to the same node is not this trial's."""
+    leader = status.get("leader") or {}
+    return [r for r in cluster.history()
+            if r.get("to") == leader.get("node") and r.get("epoch") == leader.get("epoch")]
 
 
 def write_report(out: Path) -> Path:

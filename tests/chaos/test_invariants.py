@@ -68,3 +68,23 @@ def test_a_slower_host_stretches_the_pause_budget_and_a_faster_one_keeps_it():
     assert slowed(budget, 1.64).io_pause_s == 3.28
     assert slowed(budget, 0.8) == budget
     assert slowed(budget, 1.64).epoch_changes == (1, 1)
+
+
+def test_a_trial_is_credited_only_with_the_takeover_that_made_the_current_leader():
+    """partition-zk: the active led again under a new epoch without a takeover; the last failover record to
+    it is an earlier trial's and must not be reported as this one's detection or phases."""
+    from types import SimpleNamespace
+
+    from tests.chaos.campaign import detected_by, phases
+    from tests.chaos.rigchaos import Mark
+
+    earlier = {"kind": "failover", "to": "ctrl-a", "epoch": 2, "detected_by": "peer_link",
+               "phases": {"detect": 0.0, "claimed": 0.1, "fenced": 0.2}}
+    cluster = SimpleNamespace(history=lambda: [earlier])
+    relead = {"leader": {"node": "ctrl-a", "epoch": 3, "created_on_zookeeper": 100.0}, "epoch": 3}
+    assert detected_by(cluster, relead, True) is None
+    mark = Mark("partition-zk", wall=90.0)
+    assert phases(cluster, mark, {}, relead, True)["detect"] is None
+    took_over = {"leader": {"node": "ctrl-a", "epoch": 2, "created_on_zookeeper": 100.0}, "epoch": 2}
+    assert detected_by(cluster, took_over, True) == "peer_link"
+    assert phases(cluster, mark, {}, took_over, True)["fenced"] == 10.1

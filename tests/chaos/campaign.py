@@ -160,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown faults {unknown}; the catalog: {', '.join(sorted(CATALOG))}")
     rig = Rig(quiet=True)
     if args.deploy:
+        for node in rig.controllers:  # an earlier campaign's last trial may have left its fenced VM powered off
+            rig.ensure_running(node)
         agents.deploy(rig, agents.config_text(rig))
         agents.start(rig)
     cluster = Cluster(rig)

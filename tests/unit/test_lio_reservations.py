@@ -12,7 +12,6 @@ from hacontrol.adapters.lio.reservations import (
     parse_holder,
     parse_registrations,
     read_reservations,
-    storage_dirs,
 )
 from tests.unit.test_lio_fake import lio_config
 
@@ -47,25 +46,26 @@ def test_no_holder_and_half_changed_files_read_as_no_holder():
     assert parse_holder(HOLDER, NONE, TG_PORT, NONE) is None  # released between the two reads
 
 
-def _pr_dir(base: Path, hba: str, so: str, files: dict[str, str]) -> None:
+def _pr_dir(base: Path, hba: str, so: str, files: dict[str, str]) -> Path:
     d = base / "core" / hba / so / "pr"
     d.mkdir(parents=True)
     for name, text in files.items():
         (d / name).write_text(text)
+    return d.parent
 
 
 def test_read_reservations_reports_the_configured_luns_in_order(tmp_path):
     cfg = lio_config(["/dev/sdb", "/dev/sdc"])
-    _pr_dir(tmp_path, "iblock_0", "hac-ds01", {
+    ds01 = _pr_dir(tmp_path, "iblock_0", "hac-ds01", {
         "res_pr_registered_i_pts": REGISTERED, "res_holder": HOLDER, "res_pr_type": TYPE,
         "res_pr_holder_tg_port": TG_PORT, "res_pr_all_tgt_pts": "SPC-3 Reservation: Single Target Port "
         "registration\n", "res_pr_generation": "0x00000003\n"})
-    _pr_dir(tmp_path, "iblock_1", "hac-ds02", {
+    ds02 = _pr_dir(tmp_path, "iblock_1", "hac-ds02", {
         "res_pr_registered_i_pts": "SPC-3 PR Registrations:\nNone\n", "res_holder": NONE, "res_pr_type": NONE,
         "res_pr_holder_tg_port": NONE, "res_pr_all_tgt_pts": NONE, "res_pr_generation": "0x00000000\n"})
-    _pr_dir(tmp_path, "iblock_1", "someone-elses", {"res_pr_generation": "0x00000009\n"})
-    assert set(storage_dirs(tmp_path)) == {"hac-ds01", "hac-ds02"}
-    got = read_reservations(cfg, tmp_path)
+    foreign = _pr_dir(tmp_path, "iblock_1", "someone-elses", {"res_pr_generation": "0x00000009\n"})
+    dirs = {"hac-ds02": ds02, "hac-ds01": ds01, "someone-elses": foreign}
+    got = read_reservations(cfg, dirs)
     assert [r.lun for r in got] == ["ds01", "ds02"]
     assert got[0].as_dict() == {"lun": "ds01", "registrations": 2, "generation": 3, "keys": ["0xa1", "0xb2"],
                                 "holder": {"initiator": A, "isid": "23d000001", "type": "WERO", "rtpi": 2,
@@ -74,9 +74,10 @@ def test_read_reservations_reports_the_configured_luns_in_order(tmp_path):
 
 
 def test_a_storage_object_without_a_pr_directory_is_left_out(tmp_path):
-    (tmp_path / "core" / "iblock_0" / "hac-ds01").mkdir(parents=True)
-    assert lun_reservations("ds01", str(tmp_path / "core" / "iblock_0" / "hac-ds01" / "pr")) is None
-    assert read_reservations(lio_config(["/dev/sdb", "/dev/sdc"]), tmp_path) == []
+    so = tmp_path / "core" / "iblock_0" / "hac-ds01"
+    so.mkdir(parents=True)
+    assert lun_reservations("ds01", str(so / "pr")) is None
+    assert read_reservations(lio_config(["/dev/sdb", "/dev/sdc"]), {"hac-ds01": so}) == []
 
 
 def test_a_registration_becomes_one_line_of_the_kernels_aptpl_metadata():

@@ -356,10 +356,10 @@ class LioPort(PortMoves):
             luns = cap.lun_devices(self.cfg)
             if self._worker.submit("capacity", self._generation, lambda: self._capacity_reader(luns)):
                 self._last_capacity = now
-        if (self.cfg.targets and now - self._last_reservations >= self.reservations_every_s
-                and self._worker.submit("reservations", self._generation,
-                                        lambda: pr.read_reservations(self.cfg, self.root))):
-            self._last_reservations = now
+        if self.cfg.targets and now - self._last_reservations >= self.reservations_every_s:
+            dirs = {p.name: p for p in self.so_paths()}
+            if self._worker.submit("reservations", self._generation, lambda: pr.read_reservations(self.cfg, dirs)):
+                self._last_reservations = now
 
     def _consume_background(self) -> None:
         for result in self._worker.take():

@@ -15,8 +15,10 @@ exports. LIO keeps that state in the controller's memory, per storage object, an
 * ``res_pr_generation``: the device's PRgeneration, ``0x%08x``.
 
 The parsing is pure (unit-tested against the kernel's formats); :func:`read_reservations` reads the files of
-the storage objects hacontrol owns. Nothing here replicates the state to the peer: today it is what
-``hactl status`` shows per LUN.
+the storage objects hacontrol owns (their directories come from ``LioPort.so_paths``). Nothing here
+replicates the state to the peer: today it is what ``hactl status`` shows per LUN; ``aptpl_line`` and
+``port_of_rtpi`` are what a restore on the peer writes (measured by tests/bench/bench_pr_restore.py, not yet
+used by the agent).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from pathlib import Path
 from hacontrol.config.schema import Config
 
 from . import names
-from .snapshot import CONFIGFS, read_text
+from .snapshot import read_text
 
 # core_scsi3_pr_dump_type() in the kernel's target_core_pr.c, and the SPC-4 type codes
 PR_TYPES = {
@@ -132,33 +134,13 @@ def lun_reservations(lun: str, pr_dir: str) -> LunReservations | None:
                                                files["res_pr_holder_tg_port"], files["res_pr_all_tgt_pts"]))
 
 
-def storage_dirs(root: str | Path = CONFIGFS) -> dict[str, str]:
-    """hacontrol's storage objects (``hac-<lun>``) and their configfs directories, by storage object name."""
-    core = f"{root}/core"
-    out = {}
-    try:
-        hbas = [e.name for e in os.scandir(core) if e.is_dir(follow_symlinks=False) and "_" in e.name]
-    except OSError:
-        return {}
-    for hba in hbas:
-        try:
-            for e in os.scandir(f"{core}/{hba}"):
-                if e.is_dir(follow_symlinks=False) and names.owned_so(e.name):
-                    out[e.name] = e.path
-        except OSError:
-            continue
-    return out
-
-
-def read_reservations(cfg: Config, root: str | Path = CONFIGFS,
-                      dirs: Mapping[str, str] | None = None) -> list[LunReservations]:
-    """Every configured LUN's PR state on this controller, in configuration order (LUNs whose storage object
-    does not exist yet are left out)."""
-    found = storage_dirs(root) if dirs is None else dirs
+def read_reservations(cfg: Config, dirs: Mapping[str, str | Path]) -> list[LunReservations]:
+    """Every configured LUN's PR state on this controller, in configuration order. ``dirs``: the storage
+    objects' configfs directories by name (``LioPort.so_paths``); LUNs without one yet are left out."""
     out = []
     for target in cfg.targets:
         for lun in target.luns:
-            path = found.get(names.so_name(lun))
+            path = dirs.get(names.so_name(lun))
             state = lun_reservations(lun.name, f"{path}/pr") if path else None
             if state is not None:
                 out.append(state)

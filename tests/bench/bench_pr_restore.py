@@ -38,19 +38,18 @@ from rigctl import Rig  # noqa: E402
 from hacontrol.adapters.fencing import pr_codec as pr  # noqa: E402
 from hacontrol.adapters.lio.reservations import aptpl_line, port_of_rtpi  # noqa: E402
 from hacontrol.config import loads  # noqa: E402
-from hacontrol.probe.session import Session, Target  # noqa: E402
+from hacontrol.probe.session import Session  # noqa: E402
 from tests.rig.test_lio_kit import (  # noqa: E402
     ESX,
     ESX_CHAP,
-    IQN,
     PORTAL,
     PROBE,
     PROBE2,
     PY,
     TARGET_CHAP,
     Initiator,
-    clear_unit_attentions,
     lio_environment,
+    ready_session,
 )
 
 LUN = 1
@@ -99,10 +98,7 @@ print(json.dumps(out))
 
 
 def session(portal: str, initiator: str, isid: int, creds: Any = TARGET_CHAP) -> Session:
-    s = Session(Target(IQN, LUN, initiator, creds, isid=isid))
-    s.connect(f"{portal}:3260", 5)
-    clear_unit_attentions(s)
-    return s
+    return ready_session(portal, LUN, initiator, isid, creds)
 
 
 def out_cmd(s: Session, c: pr.PrOutCommand) -> str:

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from hacontrol.adapters.fencing import pr_codec as pr
-from hacontrol.probe.session import Credentials, Session, Target
+from hacontrol.probe.session import Credentials
 from tests.rig.test_lio_kit import (
     ESX,
     ESX_CHAP,
@@ -48,6 +48,7 @@ from tests.rig.test_lio_kit import (
     clear_unit_attentions,
     login_outcome,
     path_view,
+    ready_session,
     secrets_in_logs,
     session,
 )
@@ -123,30 +124,27 @@ KEY1, KEY2 = 0x6775657374000001, 0x6775657374000002  # "guest" keys, nothing lik
 READ_PR = r"""
 import json, sys
 from hacontrol.config import loads
-from hacontrol.adapters.lio.reservations import read_reservations
-print(json.dumps([r.as_dict() for r in read_reservations(loads(open(sys.argv[1]).read()))]))
+from hacontrol.adapters.lio import LioPort
+from hacontrol.adapters.network import Network
+port = LioPort(loads(open(sys.argv[1]).read()), sys.argv[2], network=Network(), background=False)
+port.observe()
+port.observe()  # the second one takes the (inline) background reads
+print(json.dumps(port.reservations_report()))
 """
 
 
 ISID1, ISID2 = 0x023D00000101, 0x023D00000102  # fixed initiator ports: the same I_T nexus on every login
 
 
-def _login(portal: str, lun: int, initiator: str, isid: int) -> Session:
-    s = Session(Target(IQN, lun, initiator, TARGET_CHAP, isid=isid))
-    s.connect(f"{portal}:3260", 5)
-    clear_unit_attentions(s)
-    return s
-
-
 def _register_two_and_reserve(portal: str, lun: int) -> list[str]:
-    with _login(portal, lun, PROBE, ISID1) as s1, _login(portal, lun, PROBE2, ISID2) as s2:
+    with ready_session(portal, lun, PROBE, ISID1) as s1, ready_session(portal, lun, PROBE2, ISID2) as s2:
         steps = [(s1, pr.register_and_ignore(KEY1)), (s2, pr.register_and_ignore(KEY2)),
                  (s1, pr.reserve(KEY1, pr.PrType.WRITE_EXCLUSIVE_REGISTRANTS_ONLY))]
         return [f"{c.name}: {s.execute(c.cdb, data_out=c.data).describe()}" for s, c in steps]
 
 
 def _pr_view(portal: str, lun: int) -> dict[str, Any]:
-    with _login(portal, lun, PROBE2, ISID2) as s:
+    with ready_session(portal, lun, PROBE2, ISID2) as s:
         keys = pr.parse_read_keys(s.execute(pr.cdb_pr_in(pr.PrIn.READ_KEYS, 1024), data_in_len=1024).data)
         res = pr.parse_read_reservation(s.execute(pr.cdb_pr_in(pr.PrIn.READ_RESERVATION, 64), data_in_len=64).data)
         r = s.execute(pr.cdb_pr_in(pr.PrIn.READ_FULL_STATUS, 4096), data_in_len=4096)
@@ -156,7 +154,7 @@ def _pr_view(portal: str, lun: int) -> dict[str, Any]:
 
 
 def _clear(portal: str, lun: int) -> str:
-    with _login(portal, lun, PROBE, ISID1) as s:
+    with ready_session(portal, lun, PROBE, ISID1) as s:
         c = pr.clear(KEY1)
         return s.execute(c.cdb, data_out=c.data).describe()
 
@@ -168,12 +166,13 @@ def test_lio_shows_the_initiators_reservations_on_the_controller_they_used_and_n
     try:
         done = initiator(_register_two_and_reserve, PORTAL["ctrl-a"], lun)
         assert all(d.endswith("GOOD") for d in done), done
-        seen = {n: json.loads(rig.ssh(n, f"{PY} - /root/lio-test.toml", input_text=READ_PR, timeout=120,
+        seen = {n: json.loads(rig.ssh(n, f"{PY} - /root/lio-test.toml {n}", input_text=READ_PR, timeout=120,
                                       check=True).stdout.strip().splitlines()[-1]) for n in ("ctrl-a", "ctrl-b")}
         a = next(r for r in seen["ctrl-a"] if r["lun"] == "ds1")
         assert a["registrations"] == 2 and a["keys"] == [f"{KEY1:#x}", f"{KEY2:#x}"], seen
         assert a["holder"]["initiator"] == PROBE and a["holder"]["type"] == "WERO" and a["holder"]["rtpi"] == 1, seen
         assert all(r["registrations"] == 0 and r["holder"] is None for r in seen["ctrl-b"]), seen
+        assert seen["ctrl-b"] == [], seen  # the report lists only LUNs that carry registrations
         # the initiator's view: the standby path (PR commands are allowed in Standby) knows nothing
         via_a, via_b = initiator(_pr_view, PORTAL["ctrl-a"], lun), initiator(_pr_view, PORTAL["ctrl-b"], lun)
         assert via_a["keys"] == sorted([KEY1, KEY2]) and via_a["holder_key"] == KEY1 and via_a["type"] == 5, via_a

@@ -176,9 +176,19 @@ class Initiator:
         return self.pool.submit(fn, *args).result(timeout=timeout)
 
 
-def session(portal: str, lun: int = 0, initiator: str = PROBE, creds: Credentials | None = TARGET_CHAP) -> Session:
-    s = Session(Target(IQN, lun, initiator, creds))
+def session(portal: str, lun: int = 0, initiator: str = PROBE, creds: Credentials | None = TARGET_CHAP,
+            isid: int | None = None) -> Session:
+    """Logged in to ``portal``; with ``isid`` the same initiator port (I_T nexus) on every login."""
+    s = Session(Target(IQN, lun, initiator, creds, isid=isid))
     s.connect(f"{portal}:3260", 5)
+    return s
+
+
+def ready_session(portal: str, lun: int, initiator: str, isid: int, creds: Credentials | None = TARGET_CHAP
+                  ) -> Session:
+    """``session`` with a fixed ISID, past the unit attentions a new nexus starts with."""
+    s = session(portal, lun, initiator, creds, isid)
+    clear_unit_attentions(s)
     return s
 
 

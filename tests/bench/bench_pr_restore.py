@@ -22,6 +22,7 @@ Steps (both controllers configured from tests/rig/test_lio_kit.CONFIG, agents st
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import threading
@@ -155,6 +156,17 @@ def metadata_lines(status: dict[str, Any], cfg: Any) -> list[str]:
     return lines
 
 
+def _tur(s: Session) -> str:
+    """One TEST UNIT READY's outcome; a session that was lost is logged in again for the next one."""
+    try:
+        return s.test_unit_ready(timeout_s=2).describe()
+    except Exception as exc:  # a measurement: record, never raise
+        if not s.connected:
+            with contextlib.suppress(Exception):
+                s.connect(f"{PORTAL['ctrl-b']}:3260", 5)
+        return type(exc).__name__
+
+
 class TurSampler:
     """TEST UNIT READY on ctrl-b's own path every 20 ms while the LUN is re-created: what a path check sees.
     Its own thread in the namespace and its own ISID (a second login on the same nexus would end the first)."""
@@ -173,15 +185,7 @@ class TurSampler:
                 return
             with s:
                 while not self.stop.is_set() and time.monotonic() < end:
-                    try:
-                        label = s.test_unit_ready(timeout_s=2).describe()
-                    except Exception as exc:
-                        label = f"{type(exc).__name__}"
-                        if not s.connected:
-                            try:
-                                s.connect(f"{PORTAL['ctrl-b']}:3260", 5)
-                            except Exception:
-                                pass
+                    label = _tur(s)
                     self.seen[label] = self.seen.get(label, 0) + 1
                     time.sleep(0.02)
         self.thread = threading.Thread(target=lambda: self.initiator(loop, timeout=180), daemon=True)

@@ -24,8 +24,10 @@ import structlog
 
 from hacontrol import logs
 from hacontrol.adapters.zookeeper import Coordinator, Session
+from hacontrol.agent import guardian
 from hacontrol.agent.build import Controller, build_controller
-from hacontrol.config import DEFAULT_PATH, ConfigError, backend, load
+from hacontrol.agent.execute import StepResult
+from hacontrol.config import DEFAULT_PATH, Config, ConfigError, backend, load
 from hacontrol.core.decide import awaits_hand_over, shutdown_again, shutdown_plan
 from hacontrol.core.model import Observation, SessionState
 from hacontrol.core.peer import stepped_down
@@ -59,6 +61,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    help="override metrics.listen (host:port); an empty string turns the endpoint off")
     p.add_argument("--handover-wait-s", type=float, default=10.0,
                    help="on stop, how long to wait for the peer to take over before closing the session")
+    p.add_argument("--no-guardian", action="store_true",
+                   help="do not fork the guardian that steps this controller down when the agent dies "
+                        "(hacontrol.agent.guardian); the lab and the integration tests model a dead controller")
     return p.parse_args(argv)
 
 
@@ -81,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     structlog.contextvars.bind_contextvars(node=node, cluster=cfg.cluster_name)
     for w in backend.all_warnings(cfg):  # what `hactl config check` warns about, in the agent's own journal
         log.warning("config_warning", detail=str(w))
+    if not args.no_guardian:  # forked before anything is built or any thread runs
+        guardian.start(lambda: _guardian_step_down(args.config, cfg, node, args.doubles))
     ctl = build_controller(cfg, node, doubles=args.doubles, zk_hosts=args.zk_hosts, config_path=Path(args.config),
                            config_text=Path(args.config).read_text())
     if args.doubles:
@@ -163,6 +170,27 @@ def _step_down(ctl: Controller, obs: Observation, event: str) -> None:
     results = ctl.agent.executor.run(shutdown_plan(obs))
     log.info(event, actions=[f"{r.action}:{'ok' if r.ok else 'FAILED'}" for r in results],
              session=obs.coord.session.value)
+
+
+def step_down_here(cfg: Config, node: str, doubles: str | None = None) -> tuple[StepResult, ...]:
+    """Stop serving on this controller now, without ZooKeeper (the guardian, and ExecStopPost through
+    ``hactl local step-down``): the adapters are built but no session is started."""
+    ctl = build_controller(cfg, node, doubles=doubles)
+    obs = ctl.agent.observer.observe(time.monotonic() + 2.0)
+    results = ctl.agent.executor.run(shutdown_plan(obs))
+    log.info("step_down", actions=[f"{r.action}:{'ok' if r.ok else 'FAILED: ' + r.error}" for r in results])
+    return results
+
+
+def _guardian_step_down(path: str, started_with: Config, node: str, doubles: str | None) -> bool:
+    """The guardian's step-down, with the configuration file as it is now (the config sync may have adopted a
+    newer one, with other addresses, since the agent started), or the one the agent started with."""
+    try:
+        cfg = load(path)
+    except ConfigError as exc:
+        log.warning("guardian_config_unreadable", error=str(exc), detail="stepping down with the start's config")
+        cfg = started_with
+    return all(r.ok for r in step_down_here(cfg, node, doubles=doubles))
 
 
 def _wait_for_peer(coordinator: Coordinator, peer: str, wait_s: float) -> None:

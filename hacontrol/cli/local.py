@@ -7,14 +7,11 @@
 from __future__ import annotations
 
 import argparse
-import time
 from typing import Any
 
-from hacontrol.agent.build import build_controller
-from hacontrol.agent.main import resolve_node
+from hacontrol.agent.main import resolve_node, step_down_here
 from hacontrol.cli.common import FAILED, OK, UNKNOWN_NODE, CliError, emit_json, load_config
 from hacontrol.config import DEFAULT_PATH
-from hacontrol.core.decide import shutdown_plan
 
 
 def add_parser(sub: Any) -> None:
@@ -34,10 +31,7 @@ def step_down(args: argparse.Namespace) -> int:
         node = resolve_node(cfg.node_names, args.node)
     except LookupError as exc:
         raise CliError(str(exc), UNKNOWN_NODE) from exc
-    ctl = build_controller(cfg, node)  # builds the adapters; the ZooKeeper session is never started
-    obs = ctl.agent.observer.observe(time.monotonic() + 2.0)
-    plan = shutdown_plan(obs)
-    results = ctl.agent.executor.run(plan)
+    results = step_down_here(cfg, node)
     doc = {"node": node, "steps": [{"action": r.action, "ok": r.ok, "error": r.error} for r in results]}
     if args.json:
         emit_json(doc)

@@ -159,8 +159,10 @@ class Lab:
         self._save(state)
         log = open(self.directory / f"{node}-agent.log", "ab")  # noqa: SIM115 - the child owns it
         env = {**os.environ, "HACONTROL_TGT_CONTROL_PORT": str(TGT_CONTROL_PORTS[node]), "PYTHONUNBUFFERED": "1"}
+        # --no-guardian: the lab's kill is a controller's death, after which nothing of it runs
         agent = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "hacontrol.agent.main",
-                                  "--config", str(self.config_file), "--node", node, "--log-format", "json"],
+                                  "--config", str(self.config_file), "--node", node, "--log-format", "json",
+                                  "--no-guardian"],
                                  stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                  start_new_session=True)
         log.close()

@@ -166,18 +166,19 @@ class AgentPair:
     def zk_hosts(self, node: str) -> str:
         return ",".join(p.address for p in self.proxies[node])
 
-    def start(self, node: str, *extra: str, env: dict[str, str] | None = None) -> None:
+    def start(self, node: str, *extra: str, env: dict[str, str] | None = None, guardian: bool = False) -> None:
+        """Start an agent. Without ``guardian`` its kill is a controller's death (nothing steps it down)."""
         log = open(self.work / f"{node}.log", "ab")  # noqa: SIM115 - the child owns it
         argv = [sys.executable, "-m", "hacontrol.agent.main", "--config", str(self.config), "--node", node,
                 "--doubles", str(self.doubles), "--zk-hosts", self.zk_hosts(node), "--log-format", "json",
-                "--handover-wait-s", "3", *extra]
+                "--handover-wait-s", "3", *([] if guardian else ["--no-guardian"]), *extra]
         self.procs[node] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
                                             start_new_session=True, env={**os.environ, **(env or {})})
         log.close()
 
-    def start_all(self) -> None:
+    def start_all(self, guardian: bool = False) -> None:
         for node in NODES:
-            self.start(node)
+            self.start(node, guardian=guardian)
 
     def signal(self, node: str, sig: signal.Signals) -> None:
         self.procs[node].send_signal(sig)

@@ -22,10 +22,10 @@ pytestmark = [pytest.mark.zookeeper, pytest.mark.slow]
 def pair_factory(zk_ensemble, zk_chroot, tmp_path):
     made: list[AgentPair] = []
 
-    def make(fencing=("scsi_pr",), **timing) -> AgentPair:
+    def make(fencing=("scsi_pr",), guardian=False, **timing) -> AgentPair:
         pair = AgentPair(zk_ensemble, zk_chroot, tmp_path / f"pair{len(made)}", fencing=fencing, timing=timing)
         made.append(pair)
-        pair.start_all()
+        pair.start_all(guardian=guardian)
         return pair
 
     yield make
@@ -90,6 +90,22 @@ def test_kill_9_then_restart_without_power_fencing(pair_factory):
     pair.start(active)
     assert pair.active_steady() == survivor
     assert pair.role(active) == "standby"
+
+
+def test_the_guardian_steps_a_killed_agents_controller_down_so_the_survivor_gets_the_vip(pair_factory):
+    """With the guardian (the agent's default), a kill -9 of the active's agent leaves a child that stops
+    serving at once: no restart of the dead agent is needed before the survivor holds the VIP."""
+    pair = pair_factory(fencing=("scsi_pr",), guardian=True)
+    active = pair.active_steady()
+    epoch = pair.leader()[1]
+    killed = pair.mark("kill")
+    pair.kill(active)
+    survivor = other(active)
+    pair.wait_for(lambda: pair.leader() == (survivor, epoch + 1), 15, "the survivor to lead")
+    assert pair.active_steady() == survivor  # with the VIP: the dead agent's guardian released it
+    after = [c["call"] for c in pair.calls(active) if c["t"] >= killed]
+    assert "release" in after and "set_alua" in after, after
+    assert "claim" not in after and "pr_take_over" not in after, after
 
 
 def test_sigstop_past_the_session_timeout_then_sigcont_never_acts_under_the_old_epoch(pair_factory):

@@ -163,6 +163,25 @@ class ConfigureTarget(Action):
 
 
 @dataclass(frozen=True)
+class LoadReservations(Action):
+    """Before this controller's ports go Active/Optimized under ``epoch``: make its LIO hold the initiators'
+    persistent reservations the previous active published (ZooKeeper). ``keep_local``: this controller
+    already served under this epoch (an agent restarted while active): its own LIO is the newer truth, and it
+    is published instead of overwritten."""
+
+    epoch: int
+    keep_local: bool = False
+
+
+@dataclass(frozen=True)
+class PublishReservations(Action):
+    """Write this controller's initiators' persistent reservations to ZooKeeper, guarded by ``epoch`` (a
+    deposed active's write fails), where the next active loads them from."""
+
+    epoch: int
+
+
+@dataclass(frozen=True)
 class ArmWatchdog(Action):
     """Open the watchdog before acting as active; it resets the node if the agent stops kicking."""
 

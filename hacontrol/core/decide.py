@@ -42,7 +42,9 @@ from hacontrol.core.actions import (
     FinishSwitchover,
     KeyLost,
     KickWatchdog,
+    LoadReservations,
     Publish,
+    PublishReservations,
     RegisterStandby,
     ReleaseLeadership,
     ReleasePeerPorts,
@@ -390,13 +392,21 @@ def _takeover(obs: Observation, now: float, timing: Timing, head: list[Action], 
     epoch = c.epoch
     actions = list(head)
     reason = Reason.ACTIVE
-    if not _fenced(obs, epoch):
+    fenced = _fenced(obs, epoch)
+    if fenced and d.pr_loaded_epoch == epoch and d.pr_unpublished:
+        # first: a later step that fails (an address in use) must not hold the initiators' reservations back
+        actions.append(PublishReservations(epoch))
+    if not fenced:
         last = s.last_fence
         if last is not None and last.epoch == epoch and not last.ok and now - last.at < timing.fence_retry_s:
             return Plan(Reason.FENCE_BACKOFF, Role.PROMOTING, tuple(actions), until)
         mode = FenceMode.PLANNED if _peer_handed_over(obs, now, timing) else FenceMode.UNPLANNED
         actions.append(FencePeer(epoch, mode))
         reason = Reason.FENCING
+    if d.pr_loaded_epoch is not None and d.pr_loaded_epoch != epoch:
+        # after the fence (the old active can change nothing more) and before any port of ours serves I/O
+        actions.append(LoadReservations(epoch, keep_local=d.serving))
+        reason = Reason.FENCING if reason is Reason.FENCING else Reason.PROMOTING
     want_peer = AO if d.peer_ports_hosted else STANDBY
     if obs.spec.alua and d.own_group is not None and (d.own_group is not AO or d.peer_group != want_peer):
         actions.append(SetAlua(own=AO, peer=want_peer))
@@ -471,12 +481,19 @@ def _hand_over(obs: Observation, until: float, handed_off: str, reason: Reason) 
     actions.extend(_step_down_actions(obs, TRANSITIONING))
     if obs.spec.alua and obs.datapath.own_group is not None:
         actions.append(SetAlua(own=STANDBY, peer=STANDBY))
+    actions.extend(_last_reservations(obs, obs.coord.epoch))
     actions.append(report(obs, Role.STANDBY, STANDBY if obs.spec.alua else None, frozenset(),
                            handed_off=handed_off))
     actions.append(ReleaseLeadership(obs.coord.epoch))
     if obs.watchdog_armed:
         actions.append(DisarmWatchdog())
     return Plan(reason, Role.DEMOTING, tuple(actions), until)
+
+
+def _last_reservations(obs: Observation, epoch: int) -> list[Action]:
+    """A hand-over publishes the initiators' reservations once more after this controller's ports are down
+    (no PR-OUT can reach it any more), whatever the observation said: the last change may be newer than it."""
+    return [PublishReservations(epoch)] if obs.datapath.pr_loaded_epoch == epoch else []
 
 
 def _storage_lost(obs: Observation, now: float, timing: Timing) -> bool:
@@ -500,6 +517,8 @@ def shutdown_plan(obs: Observation) -> Plan:
         actions.append(SetAlua(own=STANDBY, peer=STANDBY))
     leading = c.leader is not None and c.leader.ours and c.leader.node == obs.node
     if c.session is SessionState.CONNECTED:
+        if leading:
+            actions.extend(_last_reservations(obs, c.leader.epoch))
         actions.append(report(obs, Role.STANDBY, STANDBY if obs.spec.alua else None, frozenset(),
                                handed_off="shutdown"))
         if leading:

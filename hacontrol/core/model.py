@@ -181,6 +181,11 @@ class DataPath:
     own_ports_up: bool = True  # this controller's own portal addresses are present
     peer_ports_hosted: bool = False  # we host the peer's portal addresses and target port
     announced_at: float | None = None  # when our held VIPs were last announced (GARP / unsolicited NA)
+    # The initiators' own persistent reservations (LIO; None/False where the backend keeps none of its own):
+    # the epoch under which this controller last loaded what the active before it published, and whether its
+    # LIO's reservations changed since this controller last published them to ZooKeeper.
+    pr_loaded_epoch: int | None = None
+    pr_unpublished: bool = False
 
     @property
     def serving(self) -> bool:

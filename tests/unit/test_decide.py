@@ -462,3 +462,48 @@ def test_a_stop_hands_over_only_if_it_led_and_zookeeper_still_hears_it():
     assert not awaits_hand_over(led, suspended)  # the release cannot go out: the session's end says it
     assert not awaits_hand_over(standby(), standby())
     assert shutdown_again(suspended, led) and not shutdown_again(led, led) and not shutdown_again(suspended, suspended)
+
+
+# --- the initiators' persistent reservations (LIO: adapters/lio/prsync.py) --------------------------------------
+
+
+def test_a_new_leader_loads_the_published_reservations_after_the_fence_and_before_its_ports_serve():
+    plan = decide(with_datapath(new_leader(), pr_loaded_epoch=5), NOW, T)
+    assert names(plan) == ["ArmWatchdog", "FencePeer", "LoadReservations", "SetAlua", "AddVips"]
+    assert plan.actions[2] == A.LoadReservations(6, keep_local=False)
+
+
+def test_a_backend_without_reservations_of_its_own_never_loads_or_publishes():
+    plan = decide(with_datapath(new_leader(), pr_loaded_epoch=None, pr_unpublished=True), NOW, T)
+    assert not any(isinstance(a, A.LoadReservations | A.PublishReservations) for a in plan.actions)
+
+
+def test_an_active_that_served_under_this_epoch_before_a_restart_keeps_its_own_reservations():
+    o = with_datapath(active(), pr_loaded_epoch=0)
+    plan = decide(o, NOW, T)
+    assert A.LoadReservations(5, keep_local=True) in plan.actions
+    assert "SetAlua" not in names(plan)
+
+
+def test_the_active_publishes_changed_reservations_first_and_only_once_loaded():
+    o = with_datapath(active(), pr_loaded_epoch=5, pr_unpublished=True, vips=frozenset())
+    plan = decide(o, NOW, T)
+    assert names(plan)[:2] == ["KickWatchdog", "PublishReservations"]  # before AddVips, which may fail
+    assert plan.actions[1] == A.PublishReservations(5)
+    unfenced = with_storage(with_datapath(new_leader(), pr_loaded_epoch=6, pr_unpublished=True), last_fence=None)
+    assert "PublishReservations" not in names(decide(unfenced, NOW, T))
+    not_loaded = with_datapath(active(), pr_loaded_epoch=4, pr_unpublished=True)
+    assert "PublishReservations" not in names(decide(not_loaded, NOW, T))
+    unchanged = with_datapath(active(), pr_loaded_epoch=5, pr_unpublished=False)
+    assert "PublishReservations" not in names(decide(unchanged, NOW, T))
+
+
+def test_a_hand_over_publishes_the_reservations_once_more_after_its_ports_are_down():
+    o = with_datapath(with_coord(active(), switchover=intent("b")), pr_loaded_epoch=5)
+    steps = [a.name for a in decide(o, NOW, T).actions if not isinstance(a, A.KickWatchdog)]
+    assert steps == ["SetAlua", "RemoveVips", "SetAlua", "PublishReservations", "Publish", "ReleaseLeadership",
+                     "DisarmWatchdog"]
+    from hacontrol.core.decide import shutdown_plan
+
+    assert [a.name for a in shutdown_plan(with_datapath(active(), pr_loaded_epoch=5)).actions] == [
+        "SetAlua", "RemoveVips", "SetAlua", "PublishReservations", "Publish", "ReleaseLeadership", "DisarmWatchdog"]

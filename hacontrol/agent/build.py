@@ -206,7 +206,8 @@ def _target_extra(target: Any) -> dict[str, Any]:
     """The backing stores' fill level and the LUNs that carry initiators' persistent reservations, for the
     member report (``hactl status``); LIO only."""
     out = {}
-    for key, name in (("capacity", "capacity_report"), ("reservations", "reservations_report")):
+    for key, name in (("capacity", "capacity_report"), ("reservations", "reservations_report"),
+                      ("reservations_sync", "reservations_sync_report")):
         report = getattr(target, name, None)
         if report is not None:
             out[key] = report()
@@ -291,7 +292,8 @@ def _target(cfg: Config, node: str, network: Any = None) -> tuple[Any, bool, Any
     from hacontrol.adapters.lio import LioPort
 
     # The network adapter adds and removes the portal addresses when a port moves (port takeover).
-    port = LioPort(cfg, node, network=network)
+    port = LioPort(cfg, node, network=network,
+                   pr_state_file=Path(cfg.runtime_dir) / f"{node}.reservations-loaded-epoch")
     # The port mover also brings this controller's managed portal addresses up when takeover is off.
     return port, True, (port if cfg.port_takeover or cfg.node(node).portals else None)
 

@@ -44,6 +44,8 @@ class CoordinationSink(Protocol):
     def release(self, epoch: int, deadline: float) -> bool: ...
     def publish(self, report: PeerReport, extra: dict[str, Any], deadline: float) -> None: ...
     def finish_switchover(self, intent_id: str, outcome: str, reason: str, deadline: float) -> bool: ...
+    def read_reservations(self, deadline: float) -> dict[str, dict[str, Any]]: ...
+    def publish_reservations(self, epoch: int, changed: dict[str, str], deadline: float) -> None: ...
 
 
 class FencingSink(Protocol):
@@ -131,6 +133,9 @@ class Executor:
     def _budget(self, action: A.Action) -> float:
         if isinstance(action, A.FencePeer | A.FenceDeadPeer):
             return self.fence_budget_s
+        if isinstance(action, A.LoadReservations):
+            # re-exporting a LUN whose reservations differ: about 0.5 s each in the rig (docs/lio.md)
+            return max(self.ports_budget_s, self.fence_budget_s, self.timing.operation_timeout_s)
         if isinstance(action, A.AdoptPeerPorts | A.ReleasePeerPorts | A.BringUpOwnPorts | A.TakeDownOwnPorts
                       | A.AddVips):
             # moving a port or a VIP includes the duplicate-address check and the announcements
@@ -169,6 +174,8 @@ class Executor:
             return self._ports(a, deadline)
         elif isinstance(a, A.ConfigureTarget):
             return self.target.configure(deadline)
+        elif isinstance(a, A.LoadReservations | A.PublishReservations):
+            return self._reservations(a, deadline)
         elif isinstance(a, A.ArmWatchdog):
             self.watchdog.arm()
         elif isinstance(a, A.KickWatchdog):
@@ -192,6 +199,23 @@ class Executor:
         else:
             raise AdapterError(f"no handler for {a.name}")
         return ""
+
+    def _reservations(self, a: A.Action, deadline: float) -> str:
+        """The initiators' persistent reservations: load what ZooKeeper holds, or publish what changed here
+        (LIO only: the core plans these only for a data path that reports them)."""
+        target = self.target
+        if not hasattr(target, "load_reservations"):
+            raise AdapterError(f"{type(target).__name__} keeps no initiators' reservations")
+        if isinstance(a, A.LoadReservations):
+            published = self.coordinator.read_reservations(deadline)
+            return target.load_reservations(a.epoch, published, a.keep_local, deadline)
+        assert isinstance(a, A.PublishReservations)
+        changed = target.reservations_to_publish()
+        if not changed:
+            return ""
+        self.coordinator.publish_reservations(a.epoch, changed, deadline)
+        target.reservations_published(changed)
+        return f"{len(changed)} LUN(s) published"
 
     def _take_lead(self, a: A.Action, deadline: float) -> str:
         """Claiming, and the fast takeover's two steps (fence a silent peer off, then take its znode over)."""

@@ -141,6 +141,7 @@ def status_doc(view: ClusterView, cfg: Config, now_wall: float) -> dict[str, Any
             "last_error": d.get("last_error", ""),
             "capacity": d.get("capacity", []),  # LIO: backing store fill per LUN (adapters/lio/capacity.py)
             "reservations": d.get("reservations", []),  # LIO: initiators' PR per LUN (adapters/lio/reservations.py)
+            "reservations_sync": d.get("reservations_sync"),  # LIO: carried to the next active (adapters/lio/prsync.py)
             "config": {"sha256": (d.get("config_sha256") or "")[:12], "number": d.get("config_number"),
                        "restart_pending": d.get("config_restart_pending", False), "error": d.get("config_error", "")},
             "last_seen_s": None if m is None else round(now_wall - m.modified_wall, 3),
@@ -261,16 +262,25 @@ def _link_lines(doc: dict[str, Any]) -> list[str]:
 
 
 def _reservation_lines(doc: dict[str, Any]) -> list[str]:
-    """One line per LUN on which initiators hold persistent reservations, and that they are this controller's
-    only (LIO does not replicate them: a failover loses them, docs/vmware.md)."""
+    """One line per LUN on which initiators hold persistent reservations (and whether the active's are in
+    ZooKeeper yet, where the next active loads them from), and the LUNs whose reservations would not survive a
+    failover (docs/vmware.md)."""
     out = []
     for n in doc["nodes"]:
+        sync = n.get("reservations_sync") or {}
+        unpublished = set(sync.get("unpublished", []))
         for r in n.get("reservations", []):
             h = r.get("holder")
             held = f", {h['type']} held by {h['initiator']}" if h else ", no reservation"
+            where = " (not in ZooKeeper yet)" if n.get("role") == "active" and r["lun"] in unpublished else ""
             out.append(f"guest reservations: {n['node']} LUN {r['lun']}: {r['registrations']} registration"
-                       f"{'' if r['registrations'] == 1 else 's'}{held} (kept by this controller only: lost on "
-                       "a failover)")
+                       f"{'' if r['registrations'] == 1 else 's'}{held}{where}")
+        for lun, why in sorted(sync.get("not_loaded", {}).items()):
+            out.append(f"guest reservations NOT carried over: {n['node']} LUN {lun}: {why}")
+        if sync.get("untracked"):
+            out.append(f"guest reservations stay on {n['node']} (lost on a failover) for LUN "
+                       f"{', '.join(sync['untracked'])}: exported before hacontrol set force_pr_aptpl; re-create "
+                       "the LUN's storage object to carry them")
     return out
 
 

@@ -216,3 +216,29 @@ def test_history_is_bounded(zk_ensemble, zk_chroot, monkeypatch):
     finally:
         sa.stop()
         sb.stop()
+
+
+def test_reservations_are_published_under_the_epoch_and_a_deposed_active_cannot_overwrite_them(zk_ensemble,
+                                                                                               zk_chroot):
+    """The initiators' PR state (prsync.py): the active writes it in a multi guarded by the epoch counter; after
+    the peer claimed a new epoch, the old active's write fails whole and changes nothing; the new one reads it."""
+    from hacontrol.agent.protocols import AdapterError
+
+    (sa, ca), (sb, cb) = _pair(zk_ensemble, zk_chroot)
+    try:
+        assert ca.claim(0, _soon())
+        ca.publish_reservations(1, {"ds1": "PR_REG_START: 0\nsa_res_key=1\nPR_REG_END: 0\n", "ds2": ""}, _soon())
+        ca.publish_reservations(1, {"ds1": "No Registrations or Reservations\n"}, _soon())  # an update
+        got = cb.read_reservations(_soon())
+        assert sorted(got) == ["ds1", "ds2"]
+        assert got["ds1"]["aptpl"] == "No Registrations or Reservations\n"
+        assert (got["ds1"]["epoch"], got["ds1"]["node"]) == (1, "ctrl-a")
+        assert ca.release(1, _soon()) and cb.claim(1, _soon())  # ctrl-b leads under epoch 2
+        with pytest.raises(AdapterError, match="epoch 1 is over"):
+            ca.publish_reservations(1, {"ds1": "stale"}, _soon())
+        assert cb.read_reservations(_soon())["ds1"]["aptpl"] == "No Registrations or Reservations\n"
+        cb.publish_reservations(2, {"ds1": "new"}, _soon())
+        assert cb.read_reservations(_soon())["ds1"]["node"] == "ctrl-b"
+    finally:
+        sa.stop()
+        sb.stop()

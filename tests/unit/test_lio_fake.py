@@ -77,6 +77,7 @@ class FakeLio(RtslibWriter):
         _touch(path / "enable", "1")
         _touch(path / "wwn" / "vpd_unit_serial", f"T10 VPD Unit Serial Number: {serial}")
         _touch(path / "alua_lu_gp", "LU Group Alias: default_lu_gp\nLU Group ID: 0")
+        _touch(path / "pr" / "res_aptpl_metadata")
         for attr in SO_ATTRS:
             _touch(path / "attrib" / attr, SO_DEFAULTS.get(attr, "0"))
         self._create_group_files(path / "alua" / "default_tg_pt_gp", 0)

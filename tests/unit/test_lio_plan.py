@@ -55,8 +55,9 @@ def test_relative_port_ids_are_unique_per_controller_across_targets(devices):
 def test_vaai_attributes_follow_thin_and_the_vaai_table(devices):
     d = desired_state(lio_config(devices), "ctrl-a")
     thin, thick = d.storage
-    assert thin.attrs == {"emulate_caw": "1", "emulate_3pc": "1", "emulate_tpu": "1", "emulate_tpws": "1",
-                          "emulate_rsoc": "1", "emulate_model_alias": "0", "max_unmap_lba_count": "1048576"}
+    assert thin.attrs == {"force_pr_aptpl": "1", "emulate_caw": "1", "emulate_3pc": "1", "emulate_tpu": "1",
+                          "emulate_tpws": "1", "emulate_rsoc": "1", "emulate_model_alias": "0",
+                          "max_unmap_lba_count": "1048576"}
     assert list(thin.attrs).index("max_unmap_lba_count") > list(thin.attrs).index("emulate_tpu")
     assert (thick.attrs["emulate_tpu"], thick.attrs["emulate_tpws"], thick.attrs["emulate_caw"]) == ("0", "0", "1")
     assert "max_unmap_lba_count" not in thick.attrs

@@ -29,13 +29,17 @@ def test_status_shows_the_step_that_keeps_failing():
     assert "ctrl-a last failed step: ConfigureTarget: lun[0] thin: no discard" in text
 
 
-def test_status_shows_the_luns_with_guest_reservations_and_that_a_failover_loses_them():
+def test_status_shows_the_luns_with_guest_reservations_and_what_would_not_survive_a_failover():
     held = {"lun": "rdm0", "registrations": 2, "generation": 3, "keys": ["0xa1", "0xb2"],
             "holder": {"initiator": "iqn.1998-01.com.vmware:esx01", "isid": "", "type": "WERO", "rtpi": 1,
                        "all_target_ports": False}}
     only = {"lun": "rdm1", "registrations": 1, "generation": 1, "keys": ["0xa1"], "holder": None}
-    text = render(_doc(_node("ctrl-a", "active", reservations=[held, only]), _node("ctrl-b", "standby")))
-    assert ("guest reservations: ctrl-a LUN rdm0: 2 registrations, WERO held by iqn.1998-01.com.vmware:esx01 "
-            "(kept by this controller only: lost on a failover)") in text
-    assert "guest reservations: ctrl-a LUN rdm1: 1 registration, no reservation" in text
+    sync = {"loaded_epoch": 4, "unpublished": ["rdm1"], "not_loaded": {}, "untracked": ["old0"]}
+    failed = {"loaded_epoch": 3, "unpublished": [], "not_loaded": {"rdm0": "OSError: EINVAL"}, "untracked": []}
+    text = render(_doc(_node("ctrl-a", "active", reservations=[held, only], reservations_sync=sync),
+                       _node("ctrl-b", "standby", reservations_sync=failed)))
+    assert "guest reservations: ctrl-a LUN rdm0: 2 registrations, WERO held by iqn.1998-01.com.vmware:esx01\n" in text
+    assert "guest reservations: ctrl-a LUN rdm1: 1 registration, no reservation (not in ZooKeeper yet)" in text
+    assert "guest reservations NOT carried over: ctrl-b LUN rdm0: OSError: EINVAL" in text
+    assert "guest reservations stay on ctrl-a (lost on a failover) for LUN old0" in text
     assert "guest reservations" not in render(_doc(_node("ctrl-a", "active"), _node("ctrl-b", "standby")))

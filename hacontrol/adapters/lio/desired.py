@@ -61,15 +61,17 @@ GROUP_DEFAULTS = {"alua_access_type": "3", "alua_support_active_optimized": "1",
                   "nonop_delay_msecs": "100", "trans_delay_msecs": "0", "implicit_trans_secs": "0",
                   "alua_write_metadata": "0"}
 SO_DEFAULTS = {"emulate_caw": "1", "emulate_3pc": "1", "emulate_tpu": "0", "emulate_tpws": "0", "emulate_rsoc": "1",
-               "emulate_model_alias": "0"}
+               "emulate_model_alias": "0", "force_pr_aptpl": "0"}
+# Written only on a storage object just created (before its first export): LIO refuses it while exported.
+CREATE_ONLY_ATTRS = frozenset({"force_pr_aptpl"})
 
 
 MAX_UNMAP_LBA_COUNT = 1 << 20  # blocks per UNMAP (512 MiB at 512-byte blocks)
 
 
 def so_attrs(lun: Lun) -> dict[str, str]:
-    """VAAI and VMware attributes; written in this order (UNMAP before WRITE SAME with UNMAP, and the UNMAP limit
-    after them: enabling emulate_tpu resets it from the device).
+    """VAAI, VMware and reservation attributes; written in this order (UNMAP before WRITE SAME with UNMAP, and the
+    UNMAP limit after them: enabling emulate_tpu resets it from the device).
 
     The unmap granularity and alignment stay what the device reports (its allocation unit, e.g. the dm-thin
     block). The MAXIMUM UNMAP LBA COUNT is capped: LIO copies the device's discard limit (8 Mi blocks on the
@@ -77,8 +79,11 @@ def so_attrs(lun: Lun) -> dict[str, str]:
     emulate_write_cache is not set: for block backstores LIO reports the backing device's own write cache and
     refuses to emulate one (see :func:`host_warnings`)."""
     unmap = lun.thin and lun.vaai.unmap
-    attrs = {"emulate_caw": b(lun.vaai.ats), "emulate_3pc": b(lun.vaai.xcopy), "emulate_tpu": b(unmap),
-             "emulate_tpws": b(lun.thin and lun.vaai.write_same), "emulate_rsoc": "1", "emulate_model_alias": "0"}
+    # force_pr_aptpl: LIO writes the initiators' reservations to its APTPL file on every PR-OUT, which is
+    # how they reach the next active controller (prsync.py)
+    attrs = {"force_pr_aptpl": "1", "emulate_caw": b(lun.vaai.ats), "emulate_3pc": b(lun.vaai.xcopy),
+             "emulate_tpu": b(unmap), "emulate_tpws": b(lun.thin and lun.vaai.write_same), "emulate_rsoc": "1",
+             "emulate_model_alias": "0"}
     if unmap:
         attrs["max_unmap_lba_count"] = str(MAX_UNMAP_LBA_COUNT)
     return attrs

@@ -27,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from . import names
-from .desired import GROUP_DEFAULTS, SO_DEFAULTS
+from .desired import CREATE_ONLY_ATTRS, GROUP_DEFAULTS, SO_DEFAULTS
 from .model import (
     NO_AUTH,
     AclState,
@@ -217,6 +217,8 @@ def _so_steps(desired: Desired, d: DesiredSo, have: SoState | None, alua: tuple[
     if created:
         steps.append(Step(Op("create_so", (d.name, d.device, d.serial)), (Op("delete_so", (d.name,)),)))
     for attr, value in d.attrs.items():
+        if attr in CREATE_ONLY_ATTRS and not created:
+            continue
         steps += _set("set_so_attr", (d.name, attr), value, None if have is None else have.attrs.get(attr), created,
                       default=SO_DEFAULTS.get(attr))
     # Groups are created in id order on both controllers: LIO lists them in creation order, so REPORT TARGET

@@ -46,6 +46,7 @@ from .desired import (
 from .model import Desired, LioSnapshot
 from .nft import Nftables, filters
 from .plan import Unit, plan, step_count
+from .prsync import PrSync
 from .snapshot import CONFIGFS, PROC_SYS, Reader, read_text
 from .takeover import PortMoves
 
@@ -63,7 +64,8 @@ class LioPort(PortMoves):
                  reservations_every_s: float = 5.0,
                  capacity_reader: Callable[..., list[cap.CapacityReading]] = cap.read_capacity,
                  background: bool = True, per_device_alua: bool = False,
-                 check_devices: Callable[[Config], list[Any]] = host_problems):
+                 check_devices: Callable[[Config], list[Any]] = host_problems,
+                 pr_state_file: Path | None = None):
         from .writer import RtslibWriter  # deferred: tests inject a writer
 
         self.cfg, self.node, self.network = cfg, node, network
@@ -100,6 +102,8 @@ class LioPort(PortMoves):
         self._structure = 0  # bumped by every apply (objects may have come or gone); ALUA switches do not
         self._desired = self._build_desired()
         self.last_apply: ApplyResult | None = None  # the last apply's figures (benchmarks, diagnostics)
+        self.prsync = PrSync(cfg, node, self.root, writer=self._writer, so_paths=self.so_paths,
+                             reexport=self._reexport, nft=self._nft_now, state_file=pr_state_file)
 
     def __repr__(self) -> str:
         return f"LioPort(node={self.node!r}, targets={len(self.cfg.targets)}, root={str(self.root)!r})"
@@ -123,6 +127,7 @@ class LioPort(PortMoves):
                       detail="the running configuration stays in force")
             return
         self.cfg = cfg
+        self.prsync.cfg = cfg
         self._desired = self._build_desired()
         self._applied = False
         self._pending, self._pending_for = (), None
@@ -234,6 +239,11 @@ class LioPort(PortMoves):
             networks.setdefault(t.port, []).extend(str(n) for n in t.allowed_networks)
         return filters(portals, networks)
 
+    def _nft_now(self) -> Any:
+        if self._nft is None:
+            self._nft = Nftables()
+        return self._nft
+
     def _apply_nft(self) -> str:
         rules = self.nft_rules()
         if self._nft is None:
@@ -258,9 +268,11 @@ class LioPort(PortMoves):
         self._consume_background()
         self._schedule_background()
         own, peer = self._read_states()
+        self.prsync.read_local()
         return DataPath(configured=self._configured_now(), own_group=own, peer_group=peer,
                         alua_changed_at=self._alua_changed_at, own_ports_up=self.own_ports_up(),
-                        peer_ports_hosted=self.peer_ports_hosted())
+                        peer_ports_hosted=self.peer_ports_hosted(), pr_loaded_epoch=self.prsync.loaded_epoch,
+                        pr_unpublished=self.prsync.unpublished())
 
     def _configured_now(self) -> bool:
         desired = self._desired
@@ -392,6 +404,41 @@ class LioPort(PortMoves):
             for r in readings:
                 if r.used_ratio is not None:
                     self.on_capacity(r)
+
+    # -- the initiators' reservations, carried to the next active (prsync.py) ------------------------------------
+
+    def load_reservations(self, epoch: int, published: dict[str, dict[str, Any]], keep_local: bool,
+                          deadline: float) -> str:
+        desired = self._desired
+        if desired is None:
+            raise AdapterError("no applicable LIO configuration to load reservations into")
+        try:
+            return self.prsync.load(epoch, published, keep_local, desired, deadline)
+        finally:
+            self._reservations_moved()
+
+    def reservations_sync_report(self) -> dict[str, Any]:
+        return self.prsync.report()
+
+    def reservations_to_publish(self) -> dict[str, str]:
+        return self.prsync.to_publish()
+
+    def reservations_published(self, changed: dict[str, str]) -> None:
+        self.prsync.published(changed)
+        self._reservations_moved()
+
+    def _reservations_moved(self) -> None:
+        """What ``hactl status`` shows of them changed (published, loaded): republish the member report."""
+        if self.on_reservations_changed is not None:
+            self.on_reservations_changed()
+
+    def _reexport(self, deadline: float) -> str:
+        """Re-create the exports prsync removed: the cached snapshot no longer shows LIO as it is."""
+        self._bump()
+        self._structure += 1
+        self._snap = None
+        self._applied = False
+        return self.configure(deadline)
 
     def _take_reservations(self, states: list[pr.LunReservations]) -> None:
         before = self.reservations_report()

@@ -173,3 +173,87 @@ def aptpl_line(*, initiator: str, isid: str, key: int, holder: bool, pr_type: in
                "res_scope=0", f"res_all_tg_pt={int(all_target_ports)}", f"mapped_lun={lun}", "target_fabric=iSCSI",
                f"target_node={target_iqn}", f"tpgt={tpg_tag}", f"port_rtpi={rtpi}", f"target_lun={lun}"]
     return ",".join(fields)
+
+
+# --- the kernel's APTPL file: what LIO writes on every PR-OUT when force_pr_aptpl is set -------------------------
+#
+# With ``attrib/force_pr_aptpl = 1`` (set by hacontrol on every storage object, before it is exported) LIO
+# writes the LUN's whole PR state to ``<dbroot>/pr/aptpl_<unit serial>`` on every PERSISTENT RESERVE OUT that
+# changes it, before it completes the command. Each registration is a block of ``key=value`` lines between
+# ``PR_REG_START: n`` and ``PR_REG_END: n``; the keys are those ``pr/res_aptpl_metadata`` accepts, so a block
+# joined by commas is one metadata line (target_pr_res_aptpl_metadata_store).
+
+APTPL_PREFIX = "aptpl_"
+NEXUS_FIELDS = ("initiator_node", "initiator_sid", "target_node", "tpgt", "port_rtpi", "mapped_lun")
+
+
+def parse_aptpl(text: str) -> tuple[dict[str, str], ...]:
+    """The registrations in an APTPL file, each as its fields in the kernel's order; () for a file without
+    registrations ("No Registrations or Reservations") or an empty one. A block without PR_REG_END (a file
+    read while the kernel wrote it) is left out: the next read sees it whole."""
+    out: list[dict[str, str]] = []
+    block: dict[str, str] | None = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith("PR_REG_START:"):
+            block = {}
+        elif line.startswith("PR_REG_END:"):
+            if block is not None:
+                out.append(block)
+            block = None
+        elif block is not None and "=" in line:
+            key, _, value = line.partition("=")
+            block[key.strip()] = value.strip()
+    return tuple(out)
+
+
+def nexus(block: Mapping[str, str]) -> tuple[str, ...]:
+    """What identifies a registration: the I_T nexus (initiator port, target port) and the mapped LUN."""
+    return tuple(block.get(k, "").lower() for k in NEXUS_FIELDS)
+
+
+def canonical(blocks: tuple[dict[str, str], ...]) -> tuple[tuple[tuple[str, str], ...], ...]:
+    """The registrations as a comparable value: order-free, and without the fields LIO renumbers."""
+    return tuple(sorted(tuple(sorted((k, v.lower()) for k, v in b.items())) for b in blocks))
+
+
+def merge(published: tuple[dict[str, str], ...], local: tuple[dict[str, str], ...]) -> tuple[dict[str, str], ...]:
+    """What a new active holds: the state the previous active published, plus the registrations this
+    controller took through its own (Standby) ports for nexuses the published state does not have, but only
+    under a key the published state still has. A PREEMPT or CLEAR on the active removed a key from every
+    target port, but only on the active: a copy kept here must not bring a fenced guest back. The reservation
+    is the published one only."""
+    keys = {b.get("sa_res_key") for b in published}
+    seen = {nexus(b) for b in published}
+    extra = []
+    for b in local:
+        if nexus(b) in seen or b.get("sa_res_key") not in keys:
+            continue
+        kept = {k: v for k, v in b.items() if k not in ("res_type", "res_scope")}
+        kept["res_holder"] = "0"
+        extra.append(kept)
+    return (*published, *extra)
+
+
+def metadata_lines(blocks: tuple[dict[str, str], ...]) -> list[str]:
+    """One ``res_aptpl_metadata`` line per registration (the holder's carries res_type and res_scope)."""
+    for b in blocks:
+        missing = [k for k in ("initiator_node", "sa_res_key", "target_node", "tpgt", "port_rtpi", "target_lun")
+                   if not b.get(k)]
+        if missing:
+            raise ValueError(f"APTPL registration without {', '.join(missing)}: {dict(b)}")
+    return [",".join(f"{k}={v}" for k, v in b.items()) for b in blocks]
+
+
+def render_aptpl(blocks: tuple[dict[str, str], ...]) -> str:
+    """The file as the kernel writes it (core_scsi3_update_aptpl_buf), for the restored state."""
+    if not blocks:
+        return "No Registrations or Reservations\n"
+    parts = []
+    for i, b in enumerate(blocks):
+        parts.append(f"PR_REG_START: {i}\n" + "".join(f"{k}={v}\n" for k, v in b.items()) + f"PR_REG_END: {i}\n")
+    return "".join(parts)
+
+
+def holders(blocks: tuple[dict[str, str], ...]) -> int:
+    return sum(1 for b in blocks if b.get("res_holder") == "1")

@@ -34,7 +34,7 @@ from .model import (
 CONFIGFS = "/sys/kernel/config/target"
 PROC_SYS = "/proc/sys"
 SO_ATTRS = ("emulate_caw", "emulate_3pc", "emulate_tpu", "emulate_tpws", "emulate_rsoc", "emulate_model_alias",
-            "max_unmap_lba_count")
+            "max_unmap_lba_count", "force_pr_aptpl")
 GROUP_ATTRS = tuple(group_attrs())
 TPG_ATTRS = ("generate_node_acls", "cache_dynamic_acls", "demo_mode_write_protect", "prod_mode_write_protect",
              "authentication", "tpg_enabled_sendtargets")

@@ -165,7 +165,7 @@ class RtslibWriter:
             _write(path / "control", "readonly=0")
             _write(path / "enable", "1")
             _write(path / "wwn" / "vpd_unit_serial", serial)
-            self._restore_aptpl(path, serial)
+            self._forget_aptpl(serial)
         except OSError:
             with contextlib.suppress(OSError):
                 os.rmdir(path)
@@ -178,20 +178,14 @@ class RtslibWriter:
         index = next(i for i in range(len(used) + 1) if i not in used)
         return f"iblock_{index}"
 
-    def _restore_aptpl(self, path: Path, serial: str) -> None:
-        """Persist-through-power-loss reservations LIO saved for this unit serial (what rtslib-fb does too)."""
+    def _forget_aptpl(self, serial: str) -> None:
+        """An APTPL file an earlier life of this storage object left here describes an older state: LIO's copy
+        starts empty, and the reservations come from ZooKeeper when this controller takes over (prsync.py).
+        Unlike rtslib-fb, the file is not loaded; it is removed, so that it shows what LIO holds."""
         dbroot = _read(self.root / "dbroot")
-        text = _read(f"{dbroot}/pr/aptpl_{serial}") if dbroot else ""
-        if not text.startswith("PR_REG_START:"):
-            return
-        registration: list[str] = []
-        for line in text.split():
-            if line.startswith("PR_REG_START:"):
-                registration = []
-            elif line.startswith("PR_REG_END:"):
-                _write(path / "pr" / "res_aptpl_metadata", ",".join(registration))
-            else:
-                registration.append(line.strip())
+        if dbroot:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{dbroot}/pr/aptpl_{serial}")
 
     def _delete_so(self, name: str) -> None:
         """The plan unexports it first; the kernel refuses (EBUSY) if a LUN still uses it."""

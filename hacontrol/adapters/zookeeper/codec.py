@@ -33,6 +33,7 @@ SWITCHOVER = "intents/switchover"
 MAINTENANCE = "intents/maintenance"
 HISTORY = "history"
 CONFIG = "config"
+RESERVATIONS = "reservations"  # one child per LUN: the initiators' PR state the active published
 HISTORY_KEEP = 200
 
 

@@ -322,6 +322,58 @@ class Coordinator:
                 self.s.wait(c.delete_async(self.s.path(f"{codec.HISTORY}/{old}")), deadline)
 
 
+    # --- the initiators' persistent reservations ----------------------------------------------------------
+
+    def publish_reservations(self, epoch: int, changed: dict[str, str], deadline: float) -> None:
+        """Write each LUN's PR state (LIO's APTPL text) to ``reservations/<lun>`` in one multi guarded by the
+        epoch counter's version: it fails if anyone claimed since ``epoch`` began (a deposed active)."""
+        with _zk_errors("publish the initiators' reservations"):
+            self._publish_reservations(epoch, changed, deadline)
+
+    def _publish_reservations(self, epoch: int, changed: dict[str, str], deadline: float) -> None:
+        c = self.s.client
+        data, stat = self.s.wait(c.get_async(self.s.path(codec.EPOCH)), deadline)
+        if codec.decode_epoch(data) != epoch:
+            raise AdapterError(f"epoch {epoch} is over: not publishing reservations under it")
+        paths = {lun: self.s.path(f"{codec.RESERVATIONS}/{lun}") for lun in changed}
+        exists = {lun: c.exists_async(path) for lun, path in paths.items()}
+        tx = c.transaction()
+        tx.check(self.s.path(codec.EPOCH), stat.version)
+        now = self.wall()
+        for lun, text in sorted(changed.items()):
+            doc = codec.dumps({"lun": lun, "epoch": epoch, "node": self.node, "at": now, "aptpl": text})
+            if self.s.wait(exists[lun], deadline) is None:
+                tx.create(paths[lun], doc, acl=self.s.acl)
+            else:
+                tx.set_data(paths[lun], doc)
+        results = self.s.wait(tx.commit_async(), deadline)
+        failed = [r for r in results if isinstance(r, Exception)]
+        if failed:
+            raise AdapterError(f"publishing reservations under epoch {epoch} failed: {failed[0]!r}")
+        log.info("zk_reservations_published", epoch=epoch, luns=sorted(changed))
+
+    def read_reservations(self, deadline: float) -> dict[str, dict[str, Any]]:
+        """Every LUN's published PR state: {lun: {"epoch", "node", "at", "aptpl"}}."""
+        with _zk_errors("read the initiators' reservations"):
+            c = self.s.client
+            base = self.s.path(codec.RESERVATIONS)
+            try:
+                children = self.s.wait(c.get_children_async(base), deadline)
+            except NoNodeError:
+                return {}
+            gets = {name: c.get_async(f"{base}/{name}") for name in children}
+            out = {}
+            for name, result in gets.items():
+                try:
+                    data, _ = self.s.wait(result, deadline)
+                except NoNodeError:
+                    continue
+                doc = codec.loads(data)
+                if isinstance(doc, dict) and isinstance(doc.get("aptpl"), str):
+                    out[name] = doc
+            return out
+
+
 @contextlib.contextmanager
 def _zk_errors(what: str) -> Iterator[None]:
     try:

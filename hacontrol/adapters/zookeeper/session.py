@@ -145,7 +145,7 @@ class Session:
 
     def ensure_layout(self, deadline: float) -> None:
         """Create the chroot, the folders and the epoch counter if they do not exist yet."""
-        for name in ("", codec.MEMBERS, "intents", codec.HISTORY, codec.ALIVE):
+        for name in ("", codec.MEMBERS, "intents", codec.HISTORY, codec.ALIVE, codec.RESERVATIONS):
             self._ensure(self.path(name), deadline)
         with contextlib.suppress(NodeExistsError):
             self.wait(self.client.create_async(self.path(codec.EPOCH), codec.dumps({"epoch": 0}), acl=self.acl),

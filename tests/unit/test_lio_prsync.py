@@ -1,0 +1,100 @@
+"""Carrying the initiators' reservations (adapters/lio/prsync.py) on the directory-backed fake LIO: what the
+active publishes, and what a new active loads (exports removed, APTPL metadata written, exports re-created,
+the ports closed meanwhile)."""
+
+from __future__ import annotations
+
+import time
+
+from hacontrol.adapters.lio import reservations as pr
+from tests.unit.test_lio_fake import SN, lio_config
+from tests.unit.test_lio_port import FakeNft, make
+
+FAR = time.monotonic() + 1e6
+ESX = "iqn.1998-01.com.vmware:esx01"
+IQN_T = "iqn.2026-11.org.hacontrol:array1"
+
+
+def block(key: int, *, holder: bool = False, sid: str = "23d000001", tpgt: int = 1, rtpi: int = 1) -> dict[str, str]:
+    b = {"initiator_fabric": "iSCSI", "initiator_node": ESX, "initiator_sid": sid, "sa_res_key": str(key),
+         "res_holder": "1" if holder else "0"}
+    if holder:
+        b |= {"res_type": "5", "res_scope": "0"}
+    return b | {"res_all_tg_pt": "0", "mapped_lun": "0", "target_fabric": "iSCSI", "target_node": IQN_T,
+                "tpgt": str(tpgt), "port_rtpi": str(rtpi), "target_lun": "0"}
+
+
+def aptpl_file(lio, serial: str):
+    return lio.root.parent / "dbroot" / "pr" / f"aptpl_{serial}"
+
+
+def test_the_kernels_file_round_trips_and_compares_without_order():
+    blocks = (block(7, holder=True), block(9, sid="23d000002"))
+    text = pr.render_aptpl(blocks)
+    assert pr.parse_aptpl(text) == blocks
+    assert pr.canonical(pr.parse_aptpl(pr.render_aptpl(blocks[::-1]))) == pr.canonical(blocks)
+    assert pr.parse_aptpl("No Registrations or Reservations\n") == () == pr.parse_aptpl("")
+    assert pr.parse_aptpl(text.rsplit("PR_REG_END", 1)[0]) == blocks[:1]  # a block read half-written is left out
+    lines = pr.metadata_lines(blocks)
+    assert lines[0].startswith("initiator_fabric=iSCSI,initiator_node=") and ",res_type=5," in lines[0]
+
+
+def test_a_new_active_keeps_its_standby_path_registrations_only_under_keys_the_active_still_had():
+    published = (block(7, holder=True), block(9, sid="23d000002"))
+    same_key_other_port = block(7, tpgt=2, rtpi=2) | {"res_holder": "1", "res_type": "3", "res_scope": "0"}
+    preempted_key = block(5, tpgt=2, rtpi=2)  # removed on the active by a PREEMPT: must not come back
+    merged = pr.merge(published, (same_key_other_port, preempted_key, block(7, holder=True)))
+    assert merged[:2] == published
+    assert len(merged) == 3 and merged[2]["port_rtpi"] == "2" and merged[2]["res_holder"] == "0"
+    assert "res_type" not in merged[2]  # the reservation is the published one only
+    assert pr.merge((), (block(7),)) == ()  # a CLEAR on the active
+
+
+def test_created_storage_objects_write_their_aptpl_file_and_the_active_publishes_what_changed(lio, devices):
+    port = make(lio, lio_config(devices))
+    port.configure(FAR)
+    port.observe()
+    assert sorted(port.prsync.tracked()) == ["ds01", "ds02"]  # force_pr_aptpl set before the first export
+    assert not port.observe().pr_unpublished
+    aptpl_file(lio, SN[0]).parent.mkdir(parents=True, exist_ok=True)
+    aptpl_file(lio, SN[0]).write_text(pr.render_aptpl((block(7, holder=True),)))
+    assert port.observe().pr_unpublished
+    changed = port.reservations_to_publish()
+    assert list(changed) == ["ds01"]
+    port.reservations_published(changed)
+    assert not port.observe().pr_unpublished
+
+
+def test_a_new_active_loads_what_differs_with_its_ports_closed_and_exports_recreated(lio, devices):
+    nft = FakeNft()
+    port = make(lio, lio_config(devices), nft=nft)
+    port.configure(FAR)
+    port.observe()
+    published = {"ds01": {"epoch": 4, "node": "ctrl-b", "aptpl": pr.render_aptpl((block(7, holder=True),
+                                                                                   block(9, sid="23d000002")))},
+                 "ds02": {"epoch": 4, "node": "ctrl-b", "aptpl": "No Registrations or Reservations\n"}}
+    before = len(lio.ops)
+    summary = port.load_reservations(5, published, False, FAR)
+    assert summary == "1 LUN(s) loaded"  # ds02 holds nothing here either: left exported
+    ops = [str(op.kind) for op in lio.ops[before:]]
+    assert ops.count("delete_lun") == 2 and ops.count("create_lun") == 2  # ds01 in both TPGs, gone and back
+    so = next((lio.root / "core").glob("*/hac-ds01"))
+    assert (so / "pr" / "res_aptpl_metadata").read_text().startswith("initiator_fabric=iSCSI")  # the last line
+    assert pr.parse_aptpl(aptpl_file(lio, SN[0]).read_text()) == pr.parse_aptpl(published["ds01"]["aptpl"])
+    assert "drop" in nft.undone[0] and nft.undone[1].startswith("delete table")  # closed, then opened again
+    dp = port.observe()
+    assert dp.configured and dp.pr_loaded_epoch == 5
+    assert dp.pr_unpublished  # the loaded state is published again under the new epoch
+    assert port.load_reservations(6, published, False, FAR) == "0 LUN(s) loaded"  # the same state: nothing moves
+
+
+def test_keeping_the_local_state_touches_nothing_and_publishes_it(lio, devices):
+    port = make(lio, lio_config(devices))
+    port.configure(FAR)
+    aptpl_file(lio, SN[0]).parent.mkdir(parents=True, exist_ok=True)
+    aptpl_file(lio, SN[0]).write_text(pr.render_aptpl((block(7),)))
+    port.observe()
+    before = len(lio.ops)
+    assert "kept" in port.load_reservations(5, {"ds01": {"aptpl": ""}}, True, FAR)
+    assert len(lio.ops) == before
+    assert port.observe().pr_loaded_epoch == 5 and list(port.reservations_to_publish()) == ["ds01"]

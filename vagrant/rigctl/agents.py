@@ -37,6 +37,7 @@ IQN = "iqn.2024-01.org.hacontrol.rig:array"
 PROBE_INITIATOR = "iqn.2024-01.org.hacontrol:probe"
 POWER_PORT_BASE = 4400
 GUEST_CONFIG = "/etc/hacontrol/hacontrol.toml"
+ZK_CHROOT = "/hacontrol/rig"
 # TCG guests are slow: a longer session and tick than hacontrol's defaults (hactl config check holds them to the
 # same safety rules: demote deadline + tick + 2 steps before the watchdog, watchdog before expiry).
 # watchdog_margin_s 1.0: a 2.0 s watchdog (a whole second count, so the device does not round it down) and a
@@ -114,7 +115,7 @@ def config_text(rig: Any, *, port_takeover: bool = True, timing: dict[str, float
                       "  timeout_s = 10.0"]
         lines.append("")
     hosts = ", ".join(json.dumps(f"{m}:{topo.zookeeper.client_port}") for m in topo.zookeeper.members)
-    lines += ["[zookeeper]", f"hosts = [{hosts}]", 'chroot = "/hacontrol/rig"', "", "[timing]"]
+    lines += ["[zookeeper]", f"hosts = [{hosts}]", f'chroot = "{ZK_CHROOT}"', "", "[timing]"]
     grace = timing_dials(rig.speed_factor, topo.zookeeper.max_session_ms)
     lines += [f"{k} = {v}" for k, v in {**TIMING, **grace, **(timing or {})}.items()]
     if peer_link:
@@ -211,12 +212,40 @@ def reset(rig: Any) -> None:
     for node in rig.controllers:
         iface = san_interface(rig, node)
         dels = "; ".join(f"ip addr del {a} dev {iface} 2>/dev/null" for a in addresses)
-        rig.ssh(node, f"{CLEAR_LIO}; {dels}; nft delete table inet hacontrol_lio 2>/dev/null; true",
-                timeout=rig.scaled(120))
+        # the initiators' reservations the agents carried (LIO's APTPL files, which epoch a controller loaded)
+        prs = "rm -f /var/target/pr/aptpl_* /run/hacontrol/*.reservations-loaded-epoch"
+        nft = "; ".join(f"nft delete table inet {t} 2>/dev/null" for t in ("hacontrol_lio", "hacontrol_pr_load"))
+        rig.ssh(node, f"{CLEAR_LIO}; {dels}; {prs}; {nft}; true", timeout=rig.scaled(120))
+    clear_published_reservations(rig)
     node = rig.controllers[0]
     disks = " ".join(json.dumps(d) for d in _disks(rig))
     rig.ssh(node, f"/opt/hacontrol/venv/bin/python -m hacontrol.adapters.fencing.prtool clear --epoch 1 {disks}",
             timeout=rig.scaled(120))
+
+
+_CLEAR_RESERVATIONS = '''
+import sys
+from kazoo.client import KazooClient
+zk = KazooClient(hosts=sys.argv[1], timeout=10)
+zk.start(timeout=20)
+try:
+    zk.delete(sys.argv[2], recursive=True)
+except Exception as exc:  # NoNodeError: nothing published yet
+    print(type(exc).__name__)
+finally:
+    zk.stop()
+'''
+
+
+def clear_published_reservations(rig: Any) -> None:
+    """Remove the initiators' reservations the agents published to ZooKeeper: a later test's takeover would
+    otherwise load an earlier test's guest registrations into LIO."""
+    topo = rig.topology
+    hosts = ",".join(f"{m}:{topo.zookeeper.client_port}" for m in topo.zookeeper.members)
+    argv = in_netns(rig.namespace, [python(), "-c", _CLEAR_RESERVATIONS, hosts, f"{ZK_CHROOT}/reservations"])
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    if out.returncode != 0:
+        raise RigError(f"clearing the published reservations in ZooKeeper failed: {out.stderr.strip()[-500:]}")
 
 
 def hactl(rig: Any, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

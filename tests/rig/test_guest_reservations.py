@@ -141,10 +141,7 @@ def _fail_over(rig: Any, cluster: Any, how: str, active: str) -> str:
     else:
         out = agents.hactl(rig, "failover", "--to", standby, timeout=rig.scaled(120))
         assert out.returncode == 0, out.stderr
-    deadline = time.monotonic() + rig.scaled(8 * cluster.session_timeout_s + 60)
-    while time.monotonic() < deadline and cluster.active() != standby:
-        time.sleep(0.5)
-    assert cluster.active() == standby, cluster.status()
+    _fail_over_seen(rig, cluster, standby)
     return standby
 
 
@@ -209,3 +206,68 @@ def _scenario(rig: Any, how: str, kind: str) -> None:
 ])
 def test_guest_reservations_survive_a_failover(rig, how, kind):
     _scenario(rig, how, kind)
+
+
+STORM = r"""
+dev=$1; out=$2; base=$3; i=0; : > $out
+while [ $i -lt 5000 ]; do
+  i=$((i+1)); k=$(printf '0x%x' $((base + i)))
+  if sg_persist --out --register-ignore --param-sark=$k $dev >/dev/null 2>&1; then
+    echo "$i $(date +%s.%N)" >> $out
+  fi
+done
+"""
+
+
+@pytest.mark.rig_full
+def test_a_pr_out_storm_through_a_power_off_loses_at_most_the_last_instant(rig):
+    """The remaining window, measured: the first initiator changes its key as fast as sg_persist can
+    (REGISTER AND IGNORE EXISTING KEY, each acknowledged one logged) through the active's port; the active is
+    powered off mid-storm and the storm stopped at once. On the new active the key must be the last one
+    acknowledged (or the one in flight); an older one means acknowledged changes were lost, and how many, at
+    the storm's rate, says how long the window was. It must be within one agent tick plus a ZooKeeper write
+    (the active publishes every tick), stretched by the rig's speed."""
+    from rigctl import agents
+
+    from tests.chaos.rigchaos import Cluster
+
+    agents.reset(rig)
+    agents.deploy(rig, agents.config_text(rig))
+    agents.start(rig)
+    cluster = Cluster(rig)
+    active = cluster.restore()
+    if active != "ctrl-a":
+        _fail_over(rig, cluster, "planned", active)
+        active = cluster.restore()
+    dev = _login(rig)
+    first, second = (agents._addr(rig, agents.PORTAL_HOST[n]).split("/")[0] for n in ("ctrl-a", "ctrl-b"))
+    a1, a2 = dev[("hacpra", first)], dev[("hacpra", second)]
+    base = 0x6775657374000000
+    rc, out = _sg(rig, f"sg_persist --out --register --param-sark={base:#x} {a1}")
+    assert rc == 0, out
+    _initiator(rig, f"cat > /root/storm.sh <<'EOS'\n{STORM}\nEOS\n"
+                    f"setsid nohup sh /root/storm.sh {a1} /root/storm.log {base} </dev/null >/dev/null 2>&1 &")
+    time.sleep(rig.scaled(10))
+    rig.power_off(active)
+    _initiator(rig, "pkill -f '[s]torm.sh'; true")  # the bracket: not this shell's own command line
+    log = _initiator(rig, "cat /root/storm.log")
+    acked = [(int(i), float(t)) for i, t in (line.split() for line in log.splitlines() if line.strip())]
+    assert len(acked) >= 10, f"the storm hardly ran: {log[-500:]}"
+    last = acked[-1][0]
+    _fail_over_seen(rig, cluster, cluster.peer(active))
+    keys = set(_keys(rig, a2))
+    found = max((k - base for k in keys if base <= k <= base + last + 1), default=0)
+    rate = (len(acked) - 1) / (acked[-1][1] - acked[0][1])
+    lost = max(0, last - found)
+    window_s = lost / rate
+    print(f"PR-OUT storm: {len(acked)} acknowledged at {rate:.1f}/s; last acknowledged #{last}, the new active "
+          f"holds #{found}: {lost} lost, a window of {window_s:.3f} s")
+    assert found >= last or window_s <= rig.scaled(agents.TIMING["loop_interval_s"] + 0.5), (last, found, rate)
+    cluster.restore()
+
+
+def _fail_over_seen(rig: Any, cluster: Any, standby: str) -> None:
+    deadline = time.monotonic() + rig.scaled(8 * cluster.session_timeout_s + 60)
+    while time.monotonic() < deadline and cluster.active() != standby:
+        time.sleep(0.5)
+    assert cluster.active() == standby, cluster.status()

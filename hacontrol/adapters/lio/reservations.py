@@ -15,10 +15,10 @@ exports. LIO keeps that state in the controller's memory, per storage object, an
 * ``res_pr_generation``: the device's PRgeneration, ``0x%08x``.
 
 The parsing is pure (unit-tested against the kernel's formats); :func:`read_reservations` reads the files of
-the storage objects hacontrol owns (their directories come from ``LioPort.so_paths``). Nothing here
-replicates the state to the peer: today it is what ``hactl status`` shows per LUN; ``aptpl_line`` and
-``port_of_rtpi`` are what a restore on the peer writes (measured by tests/bench/bench_pr_restore.py, not yet
-used by the agent).
+the storage objects hacontrol owns (their directories come from ``LioPort.so_paths``): what ``hactl status``
+shows per LUN. The second half reads and writes LIO's APTPL file format, which is how the state reaches the
+next active (``prsync.py``); ``aptpl_line`` and ``port_of_rtpi`` build a registration from READ FULL STATUS
+instead (tests/bench/bench_pr_restore.py, the measurement that chose the mechanism).
 """
 
 from __future__ import annotations

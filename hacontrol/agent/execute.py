@@ -134,7 +134,7 @@ class Executor:
         if isinstance(action, A.FencePeer | A.FenceDeadPeer):
             return self.fence_budget_s
         if isinstance(action, A.LoadReservations):
-            # re-exporting a LUN whose reservations differ: about 0.5 s each in the rig (docs/lio.md)
+            # re-exporting the LUNs whose reservations differ: 0.25-0.31 s for one in the rig (docs/lio.md)
             return max(self.ports_budget_s, self.fence_budget_s, self.timing.operation_timeout_s)
         if isinstance(action, A.AdoptPeerPorts | A.ReleasePeerPorts | A.BringUpOwnPorts | A.TakeDownOwnPorts
                       | A.AddVips):

@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 from rigctl import Rig  # noqa: E402
 
 from hacontrol.adapters.fencing import pr_codec as pr  # noqa: E402
-from hacontrol.adapters.lio.reservations import aptpl_line, port_of_rtpi  # noqa: E402
+from hacontrol.adapters.lio.reservations import aptpl_block, metadata_lines, port_of_rtpi  # noqa: E402
 from hacontrol.config import loads  # noqa: E402
 from hacontrol.probe.session import Session  # noqa: E402
 from tests.rig.test_lio_kit import (  # noqa: E402
@@ -144,16 +144,16 @@ def writes(portal: str) -> dict[str, str]:
     return out
 
 
-def metadata_lines(status: dict[str, Any], cfg: Any) -> list[str]:
+def lines_from_full_status(status: dict[str, Any], cfg: Any) -> list[str]:
     """One APTPL metadata line per registration READ FULL STATUS reported (adapters/lio/reservations.py)."""
-    lines = []
+    blocks = []
     for r in status["registrations"]:
         port = port_of_rtpi(cfg, r["rtpi"])
         assert port is not None, f"no TPG has relative port id {r['rtpi']}"
-        lines.append(aptpl_line(initiator=r["initiator"], isid=r["isid"], key=int(r["key"], 16), holder=r["holder"],
-                                pr_type=r["type"], all_target_ports=r["all_tg_pt"], target_iqn=port[0],
-                                tpg_tag=port[1], rtpi=r["rtpi"], lun=LUN))
-    return lines
+        blocks.append(aptpl_block(initiator=r["initiator"], isid=r["isid"], key=int(r["key"], 16), holder=r["holder"],
+                                 pr_type=r["type"], all_target_ports=r["all_tg_pt"], target_iqn=port[0],
+                                 tpg_tag=port[1], rtpi=r["rtpi"], lun=LUN))
+    return metadata_lines(tuple(blocks))
 
 
 def _tur(s: Session) -> str:
@@ -216,7 +216,7 @@ def main() -> int:
         out["via_ctrl_b_before"] = initiator(full_status, PORTAL["ctrl-b"])
         # ctrl-a's registrations and ctrl-b's own: unexporting drops what ctrl-b had (measured below)
         merged = {"registrations": out["via_ctrl_a"]["registrations"] + out["via_ctrl_b_before"]["registrations"]}
-        lines = metadata_lines(merged, loads(env.config()))
+        lines = lines_from_full_status(merged, loads(env.config()))
         out["metadata_lines"] = lines
         sampler = TurSampler(Initiator(rig.namespace))
         sampler.run()

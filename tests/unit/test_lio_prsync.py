@@ -16,12 +16,8 @@ IQN_T = "iqn.2026-11.org.hacontrol:array1"
 
 
 def block(key: int, *, holder: bool = False, sid: str = "23d000001", tpgt: int = 1, rtpi: int = 1) -> dict[str, str]:
-    b = {"initiator_fabric": "iSCSI", "initiator_node": ESX, "initiator_sid": sid, "sa_res_key": str(key),
-         "res_holder": "1" if holder else "0"}
-    if holder:
-        b |= {"res_type": "5", "res_scope": "0"}
-    return b | {"res_all_tg_pt": "0", "mapped_lun": "0", "target_fabric": "iSCSI", "target_node": IQN_T,
-                "tpgt": str(tpgt), "port_rtpi": str(rtpi), "target_lun": "0"}
+    return pr.aptpl_block(initiator=ESX, isid=sid, key=key, holder=holder, pr_type=5, all_target_ports=False,
+                          target_iqn=IQN_T, tpg_tag=tpgt, rtpi=rtpi, lun=0)
 
 
 def aptpl_file(lio, serial: str):

@@ -81,7 +81,10 @@ def test_a_storage_object_without_a_pr_directory_is_left_out(tmp_path):
 
 
 def test_a_registration_becomes_one_line_of_the_kernels_aptpl_metadata():
-    from hacontrol.adapters.lio.reservations import aptpl_line, port_of_rtpi
+    from hacontrol.adapters.lio.reservations import aptpl_block, metadata_lines, port_of_rtpi
+
+    def aptpl_line(**kw):
+        return metadata_lines((aptpl_block(**kw),))[0]
 
     cfg = lio_config(["/dev/sdb", "/dev/sdc"])
     iqn = cfg.targets[0].iqn

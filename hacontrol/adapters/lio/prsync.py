@@ -65,8 +65,7 @@ class PrSync:
     # -- reading --------------------------------------------------------------------------------------------------
 
     def pr_dir(self) -> Path:
-        dbroot = read_text(str(self.root / "dbroot")) or "/var/target"
-        return Path(dbroot) / "pr"
+        return pr.aptpl_dir(self.root)
 
     def tracked(self) -> dict[str, str]:
         """LUN name -> unit serial, for the storage objects whose LIO writes its APTPL file (force_pr_aptpl).
@@ -115,7 +114,7 @@ class PrSync:
         """For the member report (``hactl status``): the epoch loaded, what is not in ZooKeeper yet, what could
         not be loaded, and the LUNs whose reservations stay on this controller (no APTPL file)."""
         configured = [lun.name for t in self.cfg.targets for lun in t.luns]
-        tracked = set(self._local) if self._local else set(self.tracked())
+        tracked = self.tracked()
         return {"loaded_epoch": self.loaded_epoch, "unpublished": sorted(self.to_publish()),
                 "not_loaded": dict(self.not_loaded),
                 "untracked": [lun for lun in configured if lun not in tracked]}

@@ -17,7 +17,7 @@ exports. LIO keeps that state in the controller's memory, per storage object, an
 The parsing is pure (unit-tested against the kernel's formats); :func:`read_reservations` reads the files of
 the storage objects hacontrol owns (their directories come from ``LioPort.so_paths``): what ``hactl status``
 shows per LUN. The second half reads and writes LIO's APTPL file format, which is how the state reaches the
-next active (``prsync.py``); ``aptpl_line`` and ``port_of_rtpi`` build a registration from READ FULL STATUS
+next active (``prsync.py``); ``aptpl_block`` and ``port_of_rtpi`` build a registration from READ FULL STATUS
 instead (tests/bench/bench_pr_restore.py, the measurement that chose the mechanism).
 """
 
@@ -158,21 +158,21 @@ def port_of_rtpi(cfg: Config, rtpi: int) -> tuple[str, int] | None:
     return None
 
 
-def aptpl_line(*, initiator: str, isid: str, key: int, holder: bool, pr_type: int, all_target_ports: bool,
-               target_iqn: str, tpg_tag: int, rtpi: int, lun: int) -> str:
-    """One registration in the kernel's APTPL metadata format (``pr/res_aptpl_metadata``, parsed by
-    target_pr_res_aptpl_metadata_store): LIO keeps it pending and attaches it to the I_T nexus when the LUN is
-    exported to that initiator's ACL through that TPG. The mapped LUN is the LUN id (hacontrol maps each LUN
-    under its own id). Refused by the kernel while the device is exported anywhere."""
+def aptpl_block(*, initiator: str, isid: str, key: int, holder: bool, pr_type: int, all_target_ports: bool,
+                target_iqn: str, tpg_tag: int, rtpi: int, lun: int) -> dict[str, str]:
+    """One registration as the fields of the kernel's APTPL metadata (``pr/res_aptpl_metadata``, parsed by
+    target_pr_res_aptpl_metadata_store; :func:`metadata_lines` joins them): LIO keeps it pending and attaches
+    it to the I_T nexus when the LUN is exported to that initiator's ACL through that TPG. The mapped LUN is the
+    LUN id (hacontrol maps each LUN under its own id). Refused by the kernel while the device is exported."""
     if not key:
         raise ValueError("a registration's key is never 0")
-    fields = ["initiator_fabric=iSCSI", f"initiator_node={initiator}"]
+    block = {"initiator_fabric": "iSCSI", "initiator_node": initiator}
     if isid:
-        fields.append(f"initiator_sid={isid.lower()}")
-    fields += [f"sa_res_key={key}", f"res_holder={int(holder)}", f"res_type={pr_type if holder else 0}",
-               "res_scope=0", f"res_all_tg_pt={int(all_target_ports)}", f"mapped_lun={lun}", "target_fabric=iSCSI",
-               f"target_node={target_iqn}", f"tpgt={tpg_tag}", f"port_rtpi={rtpi}", f"target_lun={lun}"]
-    return ",".join(fields)
+        block["initiator_sid"] = isid.lower()
+    return block | {"sa_res_key": str(key), "res_holder": str(int(holder)), "res_type": str(pr_type if holder else 0),
+                    "res_scope": "0", "res_all_tg_pt": str(int(all_target_ports)), "mapped_lun": str(lun),
+                    "target_fabric": "iSCSI", "target_node": target_iqn, "tpgt": str(tpg_tag), "port_rtpi": str(rtpi),
+                    "target_lun": str(lun)}
 
 
 # --- the kernel's APTPL file: what LIO writes on every PR-OUT when force_pr_aptpl is set -------------------------
@@ -184,6 +184,12 @@ def aptpl_line(*, initiator: str, isid: str, key: int, holder: bool, pr_type: in
 # joined by commas is one metadata line (target_pr_res_aptpl_metadata_store).
 
 APTPL_PREFIX = "aptpl_"
+DEFAULT_DBROOT = "/var/target"
+
+
+def aptpl_dir(root: str | Path) -> Path:
+    """Where LIO writes the APTPL files: ``<dbroot>/pr``, dbroot as configfs (``root``) names it."""
+    return Path(read_text(f"{root}/dbroot") or DEFAULT_DBROOT) / "pr"
 NEXUS_FIELDS = ("initiator_node", "initiator_sid", "target_node", "tpgt", "port_rtpi", "mapped_lun")
 
 
@@ -213,7 +219,8 @@ def nexus(block: Mapping[str, str]) -> tuple[str, ...]:
 
 
 def canonical(blocks: tuple[dict[str, str], ...]) -> tuple[tuple[tuple[str, str], ...], ...]:
-    """The registrations as a comparable value: order-free, and without the fields LIO renumbers."""
+    """The registrations as a comparable value: in no particular order (LIO lists them as it holds them, and
+    numbers the blocks in that order), case-insensitive."""
     return tuple(sorted(tuple(sorted((k, v.lower()) for k, v in b.items())) for b in blocks))
 
 
@@ -253,7 +260,3 @@ def render_aptpl(blocks: tuple[dict[str, str], ...]) -> str:
     for i, b in enumerate(blocks):
         parts.append(f"PR_REG_START: {i}\n" + "".join(f"{k}={v}\n" for k, v in b.items()) + f"PR_REG_END: {i}\n")
     return "".join(parts)
-
-
-def holders(blocks: tuple[dict[str, str], ...]) -> int:
-    return sum(1 for b in blocks if b.get("res_holder") == "1")

@@ -27,6 +27,7 @@ from hacontrol.agent.protocols import AdapterError
 from . import names
 from .model import Auth, LioSnapshot
 from .plan import Op
+from .reservations import APTPL_PREFIX, aptpl_dir
 from .snapshot import CONFIGFS, PROC_SYS
 
 _AUTH_FILES = ("userid", "password", "userid_mutual", "password_mutual")
@@ -182,10 +183,8 @@ class RtslibWriter:
         """An APTPL file an earlier life of this storage object left here describes an older state: LIO's copy
         starts empty, and the reservations come from ZooKeeper when this controller takes over (prsync.py).
         Unlike rtslib-fb, the file is not loaded; it is removed, so that it shows what LIO holds."""
-        dbroot = _read(self.root / "dbroot")
-        if dbroot:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(f"{dbroot}/pr/aptpl_{serial}")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(aptpl_dir(self.root) / f"{APTPL_PREFIX}{serial}")
 
     def _delete_so(self, name: str) -> None:
         """The plan unexports it first; the kernel refuses (EBUSY) if a LUN still uses it."""

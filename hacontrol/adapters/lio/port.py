@@ -240,17 +240,16 @@ class LioPort(PortMoves):
         return filters(portals, networks)
 
     def _nft_now(self) -> Any:
+        """libnftables, loaded on first use (allowed_networks, and closing the ports while reservations load)."""
         if self._nft is None:
             self._nft = Nftables()
         return self._nft
 
     def _apply_nft(self) -> str:
         rules = self.nft_rules()
-        if self._nft is None:
-            if not rules:
-                return ""  # nothing to filter: do not even load libnftables
-            self._nft = Nftables()
-        changed, undo = self._nft.replace(rules)
+        if self._nft is None and not rules:
+            return ""  # nothing to filter: do not even load libnftables
+        changed, undo = self._nft_now().replace(rules)
         if changed:
             log.info("lio_nftables", node=self.node, ports=[r.port for r in rules])
         return undo

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import signal
 import time
+from collections.abc import Callable
+from typing import NamedTuple
 
 import pytest
 
@@ -39,6 +41,26 @@ def other(node: str) -> str:
     return NODES[1] if node == NODES[0] else NODES[0]
 
 
+class Loss(NamedTuple):
+    active: str  # the controller the fault hit
+    survivor: str
+    epoch: int  # the epoch before the fault; the survivor leads under the next one
+    at: float  # the fault's mark (monotonic)
+
+
+def lose_the_active(pair: AgentPair, label: str, fault: Callable[[str], object], what: str = "") -> Loss:
+    """One active controller; ``fault(active)`` under the mark ``label``; then the survivor leading under the
+    next epoch (``what`` names that wait in a timeout's message)."""
+    active = pair.active_steady()
+    epoch = pair.leader()[1]
+    at = pair.mark(label)
+    fault(active)
+    survivor = other(active)
+    pair.wait_for(lambda: pair.leader() == (survivor, epoch + 1), 15,
+                  what or f"{survivor} to lead under epoch {epoch + 1}")
+    return Loss(active, survivor, epoch, at)
+
+
 def test_one_controller_becomes_active_and_status_agrees(pair_factory):
     pair = pair_factory()
     active = pair.active_steady()
@@ -57,12 +79,7 @@ def test_one_controller_becomes_active_and_status_agrees(pair_factory):
 def test_kill_9_of_the_active_fails_over_under_a_new_epoch(pair_factory):
     """With power fencing the survivor powers the dead controller off (its kernel still held the VIP)."""
     pair = pair_factory(fencing=("scsi_pr", "command"))
-    active = pair.active_steady()
-    epoch = pair.leader()[1]
-    pair.mark("kill")
-    pair.kill(active)
-    survivor = other(active)
-    pair.wait_for(lambda: pair.leader() == (survivor, epoch + 1), 15, f"{survivor} to lead under epoch {epoch + 1}")
+    _, survivor, epoch, _ = lose_the_active(pair, "kill", pair.kill)
     assert pair.active_steady() == survivor
     history = json.loads(pair.hactl("history", "--json").stdout)
     takeover = [e for e in history if e.get("kind") == "failover" and e.get("to") == survivor]
@@ -81,11 +98,7 @@ def test_kill_9_of_the_active_fails_over_under_a_new_epoch(pair_factory):
 def test_kill_9_then_restart_without_power_fencing(pair_factory):
     """Without power fencing the VIP moves once the restarted agent (systemd Restart=) has stepped down."""
     pair = pair_factory(fencing=("scsi_pr",))
-    active = pair.active_steady()
-    epoch = pair.leader()[1]
-    pair.kill(active)
-    survivor = other(active)
-    pair.wait_for(lambda: pair.leader() == (survivor, epoch + 1), 15, "the survivor to lead")
+    active, survivor, _, _ = lose_the_active(pair, "kill", pair.kill, "the survivor to lead")
     assert pair.status()["nodes"][NODES.index(survivor)]["vips"] == []  # the dead node's kernel still holds it
     pair.start(active)
     assert pair.active_steady() == survivor
@@ -96,12 +109,7 @@ def test_the_guardian_steps_a_killed_agents_controller_down_so_the_survivor_gets
     """With the guardian (the agent's default), a kill -9 of the active's agent leaves a child that stops
     serving at once: no restart of the dead agent is needed before the survivor holds the VIP."""
     pair = pair_factory(fencing=("scsi_pr",), guardian=True)
-    active = pair.active_steady()
-    epoch = pair.leader()[1]
-    killed = pair.mark("kill")
-    pair.kill(active)
-    survivor = other(active)
-    pair.wait_for(lambda: pair.leader() == (survivor, epoch + 1), 15, "the survivor to lead")
+    active, survivor, _, killed = lose_the_active(pair, "kill", pair.kill, "the survivor to lead")
     assert pair.active_steady() == survivor  # with the VIP: the dead agent's guardian released it
     after = [c["call"] for c in pair.calls(active) if c["t"] >= killed]
     assert "release" in after and "set_alua" in after, after
@@ -110,12 +118,8 @@ def test_the_guardian_steps_a_killed_agents_controller_down_so_the_survivor_gets
 
 def test_sigstop_past_the_session_timeout_then_sigcont_never_acts_under_the_old_epoch(pair_factory):
     pair = pair_factory(fencing=("scsi_pr",))
-    active = pair.active_steady()
-    epoch = pair.leader()[1]
-    pair.signal(active, signal.SIGSTOP)
-    stopped = pair.mark("sigstop")
-    survivor = other(active)
-    pair.wait_for(lambda: pair.leader() == (survivor, epoch + 1), 15, "the peer to take over")
+    active, survivor, _, stopped = lose_the_active(pair, "sigstop", lambda n: pair.signal(n, signal.SIGSTOP),
+                                                   "the peer to take over")
     pair.signal(active, signal.SIGCONT)
     resumed = pair.mark("sigcont")
     # the survivor gets the VIP only after the old active gave it up (duplicate-address check)
@@ -143,12 +147,7 @@ def test_sigstop_shorter_than_the_session_timeout_changes_nothing(pair_factory):
 
 def test_partitioned_active_steps_down_before_the_peer_takes_over(pair_factory):
     pair = pair_factory()
-    active = pair.active_steady()
-    epoch = pair.leader()[1]
-    cut = pair.mark("partition")
-    pair.partition(active)
-    survivor = other(active)
-    pair.wait_for(lambda: pair.leader() == (survivor, epoch + 1), 15, "the peer to take over")
+    active, survivor, epoch, cut = lose_the_active(pair, "partition", pair.partition, "the peer to take over")
     down = next(c["t"] for c in pair.calls(active) if c["t"] >= cut and c["call"] == "set_alua"
                 and c["own"] == "standby")
     fenced = next(c["t"] for c in pair.calls(survivor) if c["call"] == "pr_take_over" and c["epoch"] == epoch + 1)

@@ -1,8 +1,8 @@
 """The guardian: a child of the agent that steps this controller down the moment the agent process ends.
 
 systemd's ExecStopPost (``hactl local step-down``) does the same, but only after systemd has seen the death
-and a new interpreter has imported the agent's modules: 12–17 s in the rig's TCG guests, where the import
-alone takes about 10 s, and all that time a controller whose agent died while it was active still answers
+and a new interpreter has imported the agent's modules: 14–26 s in three runs in the rig's TCG guests, where
+``import hacontrol.agent.build`` alone took 9.5–13.3 s, and all that time a controller whose agent died while it was active still answers
 I/O and holds its addresses (with reservation fencing alone, the peer's takeover waits for those addresses).
 
 The agent forks the guardian once, at start, before it has built anything or started a thread, so the child

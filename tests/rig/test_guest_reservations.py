@@ -3,10 +3,10 @@ initiator VM, on the agents as deployed (LIO, ALUA, port takeover, power fencing
 
 Two initiator ports in the initiator VM (open-iscsi ifaces with the VM's own IQN and the probe's IQN, both
 in the target's ACL) log in to both controllers' own portals (the module's teardown resets the agents).
-The first registers its key through both paths (as ESXi does for a clustered RDM) and reserves; the second
-registers through the active's path only. One controller fails over; on the new active both read the same keys
-and the same reservation, a write the reservation forbids still gets RESERVATION CONFLICT, and PREEMPT AND
-ABORT from the second initiator moves the reservation and removes every registration of the first key.
+Both register their keys through both paths, and the first reserves through the active's. One controller
+fails over; on the new active both read the same keys (every registration, made through either controller)
+and the same reservation, a write the reservation type forbids still gets RESERVATION CONFLICT, and PREEMPT
+AND ABORT from the second initiator moves the reservation and removes every registration of the first key.
 Port takeover (unplanned) carries the active's portal address and target port identity to the survivor, so
 the I_T nexus through it stays the same.
 """
@@ -65,7 +65,7 @@ def _login(rig: Any) -> dict[tuple[str, str], str]:
     pairs = [(iface, portal) for iface in ifaces for portal in (first, second)]
     for iface, portal in pairs:
         lines += [f"iscsiadm -m node -o new -T {agents.IQN} -p {portal}:3260 -I {iface} >/dev/null",
-                  # ESXi-like: a dead path is given up after 5 s of no answer, the session kept for 60 s
+                  # the session is kept 60 s while it reconnects (open-iscsi's default is 120 s)
                   f"iscsiadm -m node -T {agents.IQN} -p {portal}:3260 -I {iface} -o update "
                   "-n node.session.timeo.replacement_timeout -v 60 >/dev/null",
                   f"iscsiadm -m node -T {agents.IQN} -p {portal}:3260 -I {iface} --login >/dev/null"]
@@ -165,7 +165,7 @@ def _scenario(rig: Any, how: str, kind: str) -> None:
     first, second = _portal(active, rig), _portal(standby, rig)
     a1, a2, b1, b2 = (dev[(i, p)] for i, p in (("hacpra", first), ("hacpra", second), ("hacprb", first),
                                               ("hacprb", second)))
-    # both register on every path (ESXi does so for a clustered RDM). A third initiator port of the same name
+    # both register on every path (as multipathing initiators may). A third initiator port of the same name
     # would not do as a non-registrant: LIO counts a nexus as registered per ACL and LUN, not per ISID.
     for d, key in ((a1, KEY_A), (a2, KEY_A), (b1, KEY_B), (b2, KEY_B)):
         rc, out = _sg(rig, f"sg_persist --out --register --param-sark={key:#x} {d}")

@@ -2,8 +2,9 @@
 
 systemd's ExecStopPost (``hactl local step-down``) does the same, but only after systemd has seen the death
 and a new interpreter has imported the agent's modules: 14–26 s in three runs in the rig's TCG guests, where
-``import hacontrol.agent.build`` alone took 9.5–13.3 s, and all that time a controller whose agent died while it was active still answers
-I/O and holds its addresses (with reservation fencing alone, the peer's takeover waits for those addresses).
+``import hacontrol.agent.build`` alone took 9.5–13.3 s. All that time a controller whose agent died while it
+was active still answers I/O and holds its addresses (with reservation fencing alone, the peer's takeover
+waits for those addresses).
 
 The agent forks the guardian once, at start, before it has built anything or started a thread, so the child
 has every module imported already. The child waits on a pipe whose write end only the agent holds (the

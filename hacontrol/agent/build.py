@@ -298,6 +298,29 @@ def _target(cfg: Config, node: str, network: Any = None) -> tuple[Any, bool, Any
     return port, True, (port if cfg.port_takeover or cfg.node(node).portals else None)
 
 
+PR_SYNC_BUDGET_S = 2.0  # how long a PR-OUT may wait for ZooKeeper before it fails (not acknowledged)
+
+
+def serve_reservation_files(cfg: Config, ctl: Controller) -> Any:
+    """The agent (not ``hactl local``) serves LIO's APTPL directory, so that on the active a PR-OUT completes
+    only once ZooKeeper holds it (adapters/lio/prstore.py). Without FUSE the reservations are still carried,
+    read every tick, with the window that leaves (docs/vmware.md); the journal and ``hactl status`` say so."""
+    target = ctl.extras["target"]
+    if not hasattr(target, "serve_reservation_files"):
+        return None
+    from hacontrol.adapters.lio.prstore import StoreError
+
+    budget = min(PR_SYNC_BUDGET_S, cfg.timing.session_timeout_s / 2)
+    try:
+        return target.serve_reservation_files(ctl.coordinator.publish_reservations, budget,
+                                              Path(cfg.runtime_dir) / f"{ctl.node}.pr")
+    except (StoreError, OSError) as exc:
+        log.error("lio_pr_store_unavailable", error=str(exc),
+                  detail="reservations are read every tick instead: a PR-OUT may be acknowledged before it is in "
+                         "ZooKeeper")
+        return None
+
+
 def _fencing(cfg: Config, node: str) -> Fencing:
     peer = cfg.peer_of(node)
     reservations = None

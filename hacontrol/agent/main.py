@@ -25,7 +25,7 @@ import structlog
 from hacontrol import logs
 from hacontrol.adapters.zookeeper import Coordinator, Session
 from hacontrol.agent import guardian
-from hacontrol.agent.build import Controller, build_controller
+from hacontrol.agent.build import Controller, build_controller, serve_reservation_files
 from hacontrol.agent.execute import StepResult
 from hacontrol.config import DEFAULT_PATH, Config, ConfigError, backend, load
 from hacontrol.core.decide import awaits_hand_over, shutdown_again, shutdown_plan
@@ -107,7 +107,12 @@ def main(argv: list[str] | None = None) -> int:
             ctl.metrics.serve(listen)
         except OSError as exc:  # metrics are for operators; a busy port must not stop failover
             log.error("metrics_not_served", listen=listen, error=str(exc))
-    return run(ctl, stop, args.handover_wait_s)
+    store = serve_reservation_files(cfg, ctl)  # after the guardian's fork: it must not hold /dev/fuse
+    try:
+        return run(ctl, stop, args.handover_wait_s)
+    finally:
+        if store is not None:
+            store.stop()
 
 
 def run(ctl: Controller, stop: threading.Event, handover_wait_s: float) -> int:

@@ -46,6 +46,7 @@ from .desired import (
 from .model import Desired, LioSnapshot
 from .nft import Nftables, filters
 from .plan import Unit, plan, step_count
+from .prstore import PrStore
 from .prsync import PrSync
 from .snapshot import CONFIGFS, PROC_SYS, Reader, read_text
 from .takeover import PortMoves
@@ -338,6 +339,8 @@ class LioPort(PortMoves):
             paths = self.so_paths()
             self._bump()
             writes = self._alua.switch(paths, changes, deadline, per_device=self.per_device_alua)
+        if not own.accepts_io:
+            self.prsync.stop_syncing()
         if own != before[0]:
             self._alua_changed_at = self.clock()
         self._view = (own, peer)
@@ -415,6 +418,15 @@ class LioPort(PortMoves):
             return self.prsync.load(epoch, published, keep_local, desired, deadline)
         finally:
             self._reservations_moved()
+
+    def serve_reservation_files(self, publish: Callable[[int, dict[str, str], float], None], budget_s: float,
+                                backing: Path) -> PrStore:
+        """Serve ``<dbroot>/pr`` from this process (prstore.py): on the serving active a PR-OUT then completes
+        only after its state is in ZooKeeper. Before the first ConfigureTarget (LIO writes there from then on)."""
+        store = PrStore(pr.aptpl_dir(self.root), backing)
+        store.start()
+        self.prsync.serve_files(store, publish, budget_s)
+        return store
 
     def reservations_sync_report(self) -> dict[str, Any]:
         return self.prsync.report()

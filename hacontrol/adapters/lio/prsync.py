@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,7 @@ from . import names
 from . import reservations as pr
 from .model import Desired
 from .plan import Op
+from .prstore import PrStore
 from .snapshot import read_text
 
 log = structlog.get_logger("hacontrol.lio")
@@ -61,6 +64,46 @@ class PrSync:
         self._local: dict[str, str] = {}  # LUN -> this tick's file text
         self.not_loaded: dict[str, str] = {}  # LUN -> why its published state could not be loaded here
         self._tracked: tuple[list[Path], dict[str, str]] | None = None
+        self._lock = threading.Lock()  # _published: the tick and the store's thread both write it
+        self.store: PrStore | None = None  # the directory served by this agent (serve_files), or None: read it
+        self.sync_epoch: int | None = None  # while set, a PR-OUT completes only once published under it
+        self._publish: Callable[[int, dict[str, str], float], None] | None = None
+        self._sync_budget_s = 2.0
+
+    # -- the directory LIO writes into, served here (prstore.py) ---------------------------------------------------
+
+    def serve_files(self, store: PrStore, publish: Callable[[int, dict[str, str], float], None],
+                    budget_s: float) -> None:
+        """From now on LIO's APTPL writes reach ``store``; while this controller serves under a loaded epoch,
+        each is answered only after ``publish`` (ZooKeeper, guarded by the epoch) returned within ``budget_s``."""
+        self.store = store
+        self._publish = publish
+        self._sync_budget_s = budget_s
+        store.on_complete = self.file_written
+
+    def file_written(self, name: str, text: str) -> None:
+        """LIO finished writing ``name`` (a PR-OUT waits for this). On the serving active the state is published
+        first; raising fails the write, and LIO fails the PR-OUT instead of acknowledging it. On a standby the
+        file stays here (its own Standby-path registrations: ``reservations.merge`` at a takeover)."""
+        epoch, publish = self.sync_epoch, self._publish
+        if epoch is None or publish is None or not name.startswith(pr.APTPL_PREFIX):
+            return
+        serial = name.removeprefix(pr.APTPL_PREFIX)
+        lun = next((ln for ln, s in self.tracked().items() if s == serial), None)
+        if lun is None:
+            return
+        if lun in self.not_loaded:
+            raise AdapterError(f"LUN {lun}: the previous active's reservations were not loaded here "
+                               f"({self.not_loaded[lun]}); publishing this one would replace them")
+        publish(epoch, {lun: text}, time.monotonic() + self._sync_budget_s)
+        with self._lock:
+            self._published[lun] = text
+
+    def stop_syncing(self) -> None:
+        """This controller's own ports stopped serving: its PR-OUTs are a standby's again (kept here)."""
+        if self.sync_epoch is not None:
+            log.info("lio_reservations_sync_off", node=self.node, epoch=self.sync_epoch)
+        self.sync_epoch = None
 
     # -- reading --------------------------------------------------------------------------------------------------
 
@@ -84,13 +127,20 @@ class PrSync:
 
     def read_local(self) -> dict[str, str]:
         """Every tracked LUN's APTPL file as LIO last wrote it ("" when it wrote none): one directory listing,
-        and a read of each file there is (only LUNs whose initiators ever sent a PR-OUT have one)."""
+        and a read of each file there is (only LUNs whose initiators ever sent a PR-OUT have one); from memory
+        when this agent serves the directory."""
+        local = {}
+        if self.store is not None:
+            files = self.store.files()
+            for lun, serial in self.tracked().items():
+                local[lun] = files.get(f"{pr.APTPL_PREFIX}{serial}", "")
+            self._local = local
+            return local
         base = self.pr_dir()
         try:
             present = set(os.listdir(base))
         except OSError:
             present = set()
-        local = {}
         for lun, serial in self.tracked().items():
             name = f"{pr.APTPL_PREFIX}{serial}"
             local[lun] = read_text(str(base / name)) if name in present else ""
@@ -103,12 +153,15 @@ class PrSync:
     def to_publish(self) -> dict[str, str]:
         """The LUNs whose state here differs from what this process last published (all of them after a
         restart: the active's LIO is the truth), except those whose load failed in this epoch."""
+        with self._lock:
+            published = dict(self._published)
         return {lun: text for lun, text in self._local.items()
                 if lun not in self.not_loaded
-                and pr.canonical(pr.parse_aptpl(text)) != pr.canonical(pr.parse_aptpl(self._published.get(lun, "")))}
+                and pr.canonical(pr.parse_aptpl(text)) != pr.canonical(pr.parse_aptpl(published.get(lun, "")))}
 
     def published(self, changed: Mapping[str, str]) -> None:
-        self._published.update(changed)
+        with self._lock:
+            self._published.update(changed)
 
     def report(self) -> dict[str, Any]:
         """For the member report (``hactl status``): the epoch loaded, what is not in ZooKeeper yet, what could
@@ -116,6 +169,7 @@ class PrSync:
         configured = [lun.name for t in self.cfg.targets for lun in t.luns]
         tracked = self.tracked()
         return {"loaded_epoch": self.loaded_epoch, "unpublished": sorted(self.to_publish()),
+                "synchronous": self.sync_epoch is not None,
                 "not_loaded": dict(self.not_loaded),
                 "untracked": [lun for lun in configured if lun not in tracked]}
 
@@ -125,10 +179,12 @@ class PrSync:
              deadline: float) -> str:
         """Make LIO here hold what ZooKeeper holds, LUN by LUN, where it differs. A LUN that fails is logged and
         left out of publishing for this epoch; the others go on (a takeover is not held up by one LUN)."""
-        self._published = {}
+        with self._lock:
+            self._published = {}
         self.not_loaded = {}
         if keep_local:
             self._set_loaded(epoch)
+            self.sync_epoch = epoch
             return "kept this controller's reservations (it served under this epoch already)"
         local = self.read_local()
         todo: dict[str, tuple[dict[str, str], ...]] = {}
@@ -150,6 +206,7 @@ class PrSync:
         for lun in self.not_loaded:
             log.error("lio_reservations_not_loaded", node=self.node, lun=lun, why=self.not_loaded[lun])
         self._set_loaded(epoch)
+        self.sync_epoch = epoch
         loaded = sorted(set(todo) - set(self.not_loaded))
         log.info("lio_reservations_loaded", node=self.node, epoch=epoch, luns=loaded,
                  registrations={lun: len(todo[lun]) for lun in loaded})
@@ -172,7 +229,11 @@ class PrSync:
             for line in lines:
                 with open(path / "pr" / "res_aptpl_metadata", "w") as f:
                     f.write(line)
-            (self.pr_dir() / f"{pr.APTPL_PREFIX}{so.serial}").write_text(pr.render_aptpl(blocks))
+            name = f"{pr.APTPL_PREFIX}{so.serial}"
+            if self.store is not None:
+                self.store.put(name, pr.render_aptpl(blocks))
+            else:
+                (self.pr_dir() / name).write_text(pr.render_aptpl(blocks))
         except (OSError, ValueError, AdapterError) as exc:
             self.not_loaded[lun] = f"{type(exc).__name__}: {exc}"
 

@@ -277,6 +277,9 @@ def _reservation_lines(doc: dict[str, Any]) -> list[str]:
                        f"{'' if r['registrations'] == 1 else 's'}{held}{where}")
         for lun, why in sorted(sync.get("not_loaded", {}).items()):
             out.append(f"guest reservations NOT carried over: {n['node']} LUN {lun}: {why}")
+        if n.get("role") == "active" and sync and sync.get("served") is False:
+            out.append(f"guest reservations on {n['node']} are read every tick, not served (FUSE unavailable: see "
+                       "its journal, lio_pr_store_unavailable): a PR-OUT is acknowledged before ZooKeeper has it")
         if sync.get("untracked"):
             out.append(f"guest reservations stay on {n['node']} (lost on a failover) for LUN "
                        f"{', '.join(sync['untracked'])}: exported before hacontrol set force_pr_aptpl; re-create "

@@ -68,6 +68,7 @@ def run_trial(cluster: Cluster, seed: int, index: int, names: list[str], workdir
     epoch_after = int(status.get("epoch", epoch_before))
     verdict = judge(rep, samples, (epoch_before, epoch_after), slowed(fault.budget(cluster.session_timeout_s),
                                                                        cluster.rig.speed_factor))
+    verdict.violations.extend(mark.violations)
     CURRENT_TRIAL.update(step="judged", violations=verdict.violations, epoch_after=epoch_after,
                          io_pause_s=rep.get("io_pause_s"), io_errors=rep.get("io_errors"),
                          last_samples=[vars(x) for x in samples[-6:]])

@@ -265,6 +265,37 @@ def lossy_zk(c: Ctx, m: Mark) -> None:
     c.rig.heal()
 
 
+def pr_storm(how: str) -> Callable[[Ctx, Mark], None]:
+    """A guest cluster changing its reservation key as fast as it can through the active when the active dies
+    (``how``: its agent killed, or the VM powered off): no change the initiator saw acknowledged may be missing
+    on the new active (tests/chaos/prstorm.py). The storm registers only (no reservation), so the probe's
+    writes go on as in any failover."""
+    def run(c: Ctx, m: Mark) -> None:
+        from tests.chaos import prstorm
+
+        rig = c.rig
+        dev = prstorm.login(rig, {"hacpra": rig.topology.node_iqn(rig.topology.initiators[0])})
+        storm_dev = dev[("hacpra", prstorm.portal(rig, c.active))]
+        read_dev = dev[("hacpra", prstorm.portal(rig, c.standby))]
+        m.params["how"] = how
+        try:
+            prstorm.start(rig, storm_dev)
+            time.sleep(c.rng.uniform(3.0, 6.0) * max(1.0, rig.speed_factor))
+            m.now()
+            if how == "power-off":
+                rig.power_off(c.active)
+            else:
+                rig.kill_agent(c.active)
+            acked = prstorm.stop(rig)  # at once: what follows the fault is not the question
+            c.wait_active(c.standby, 6 * c.s + 30)
+            result = prstorm.judge(acked, prstorm.keys(rig, read_dev))
+        finally:
+            prstorm.initiator(rig, prstorm.LOGOUT, check=False)
+        m.violations.extend(result.pop("violations"))
+        m.params["pr_storm"] = result
+    return run
+
+
 CATALOG: dict[str, Fault] = {f.name: f for f in (
     Fault("kill-agent", kill_agent, _failover, ci=True, about="kill -9 of the active agent"),
     Fault("freeze-agent-short", freeze_agent(0.4), _nothing,
@@ -301,4 +332,8 @@ CATALOG: dict[str, Fault] = {f.name: f for f in (
     Fault("back-to-back", planned(True), lambda s: Budget(io_pause_s=2.0, epoch_changes=(2, 2)),
           about="two planned switchovers in a row"),
     Fault("lossy-zk", lossy_zk, _nothing, about="10 % packet loss between the active and ZooKeeper for 30 s"),
+    Fault("pr-storm-kill-agent", pr_storm("kill-agent"), _failover, ci=True,
+          about="kill -9 of the active agent during a PR-OUT storm: no acknowledged PR change lost"),
+    Fault("pr-storm-power-off", pr_storm("power-off"), _failover,
+          about="power the active VM off during a PR-OUT storm: no acknowledged PR change lost"),
 )}

@@ -231,6 +231,7 @@ class Mark:
     wall: float = 0.0
     mono: float = 0.0
     notes: list[str] = field(default_factory=list)
+    violations: list[str] = field(default_factory=list)  # what the fault's own checker found (e.g. PR changes lost)
 
     def now(self) -> None:
         self.wall, self.mono = time.time(), time.monotonic()

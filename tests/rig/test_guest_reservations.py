@@ -19,11 +19,12 @@ from typing import Any
 
 import pytest
 
+from tests.chaos import prstorm
+
 pytestmark = pytest.mark.rig
 
 KEY_A, KEY_B = 0x6775657374000a01, 0x6775657374000b02
 TYPES = {"WERO": 5, "EA": 3}
-UNIT_ATTENTION = 6  # sg3_utils' exit status: the command may be retried
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -31,81 +32,11 @@ def _clean_afterwards(rig):
     yield
     from rigctl import agents
 
-    _initiator(rig, _LOGOUT, check=False)
+    _initiator(rig, prstorm.LOGOUT, check=False)
     agents.reset(rig)
 
 
-def _initiator(rig: Any, script: str, check: bool = True, timeout: float = 120) -> str:
-    out = rig.ssh("init", script, timeout=rig.scaled(timeout))
-    if check and out.returncode != 0:
-        raise AssertionError(f"initiator VM: rc {out.returncode}: {out.stderr.strip()[-1500:]}\n{out.stdout[-1500:]}")
-    return out.stdout
-
-
-_LOGOUT = "iscsiadm -m node --logoutall=all >/dev/null 2>&1; iscsiadm -m node -o delete >/dev/null 2>&1; true"
-
-
-def _portal(node: str, rig: Any) -> str:
-    from rigctl import agents
-
-    return agents._addr(rig, agents.PORTAL_HOST[node]).split("/")[0]
-
-
-def _login(rig: Any) -> dict[tuple[str, str], str]:
-    """Sessions of ifaces hacpra (the VM's IQN) and hacprb (the probe's IQN) to both controllers' own portals.
-    Returns {(iface, portal address): /dev/sdX of LUN 0}."""
-    from rigctl import agents
-
-    first, second = (_portal(n, rig) for n in rig.controllers)
-    ifaces = {"hacpra": rig.topology.node_iqn(rig.topology.initiators[0]), "hacprb": agents.PROBE_INITIATOR}
-    lines = [_LOGOUT, "set -e"]
-    for iface, iqn in ifaces.items():
-        lines += [f"iscsiadm -m iface -I {iface} -o new >/dev/null 2>&1 || true",
-                  f"iscsiadm -m iface -I {iface} -o update -n iface.initiatorname -v {iqn} >/dev/null"]
-    pairs = [(iface, portal) for iface in ifaces for portal in (first, second)]
-    for iface, portal in pairs:
-        lines += [f"iscsiadm -m node -o new -T {agents.IQN} -p {portal}:3260 -I {iface} >/dev/null",
-                  # the session is kept 60 s while it reconnects (open-iscsi's default is 120 s)
-                  f"iscsiadm -m node -T {agents.IQN} -p {portal}:3260 -I {iface} -o update "
-                  "-n node.session.timeo.replacement_timeout -v 60 >/dev/null",
-                  f"iscsiadm -m node -T {agents.IQN} -p {portal}:3260 -I {iface} --login >/dev/null"]
-    lines += ["udevadm settle", "iscsiadm -m session -P 3"]
-    text = _initiator(rig, "\n".join(lines))
-    devices: dict[tuple[str, str], str] = {}
-    iface = portal = None
-    lun0 = False
-    for raw in text.splitlines():
-        line = raw.strip()
-        if line.startswith("Current Portal:"):
-            portal = line.split()[2].split(":")[0]
-        elif line.startswith("Iface Name:"):
-            iface = line.split()[2]
-        elif line.startswith("scsi") and "Lun:" in line:
-            lun0 = line.rstrip().endswith("Lun: 0")
-        elif line.startswith("Attached scsi disk") and lun0 and iface and portal:
-            devices[(iface, portal)] = "/dev/" + line.split()[3]
-    want = set(pairs)
-    assert want <= set(devices), f"sessions missing: {want - set(devices)}\n{text[-3000:]}"
-    return {k: devices[k] for k in want}
-
-
-def _sg(rig: Any, command: str, tries: int = 8) -> tuple[int, str]:
-    """An sg3_utils command in the initiator VM; unit attentions (a nexus that was reset, reservations
-    preempted) are retried, as an initiator's SCSI layer does."""
-    rc, out = 0, ""
-    for _ in range(tries):
-        r = rig.ssh("init", command, timeout=rig.scaled(60))
-        rc, out = r.returncode, r.stdout + r.stderr
-        if rc != UNIT_ATTENTION:
-            break
-        time.sleep(0.5)
-    return rc, out
-
-
-def _keys(rig: Any, dev: str) -> list[int]:
-    rc, out = _sg(rig, f"sg_persist --in --read-keys {dev}")
-    assert rc == 0, out
-    return sorted(int(k, 16) for k in re.findall(r"^\s+(0x[0-9a-f]+)\s*$", out, re.M))
+_initiator, _sg, _keys = prstorm.initiator, prstorm.sg, prstorm.keys
 
 
 def _reservation(rig: Any, dev: str) -> tuple[int, str] | None:
@@ -161,8 +92,9 @@ def _scenario(rig: Any, how: str, kind: str) -> None:
     cluster = Cluster(rig)
     active = cluster.restore()
     standby = cluster.peer(active)
-    dev = _login(rig)
-    first, second = _portal(active, rig), _portal(standby, rig)
+    dev = prstorm.login(rig, {"hacpra": rig.topology.node_iqn(rig.topology.initiators[0]),
+                              "hacprb": agents.PROBE_INITIATOR})
+    first, second = prstorm.portal(rig, active), prstorm.portal(rig, standby)
     a1, a2, b1, b2 = (dev[(i, p)] for i, p in (("hacpra", first), ("hacpra", second), ("hacprb", first),
                                               ("hacprb", second)))
     # both register on every path (as multipathing initiators may). A third initiator port of the same name
@@ -206,60 +138,6 @@ def _scenario(rig: Any, how: str, kind: str) -> None:
 ])
 def test_guest_reservations_survive_a_failover(rig, how, kind):
     _scenario(rig, how, kind)
-
-
-STORM = r"""
-dev=$1; out=$2; base=$3; i=0; : > $out
-while [ $i -lt 5000 ]; do
-  i=$((i+1)); k=$(printf '0x%x' $((base + i)))
-  if sg_persist --out --register-ignore --param-sark=$k $dev >/dev/null 2>&1; then
-    echo "$i $(date +%s.%N)" >> $out
-  fi
-done
-"""
-
-
-@pytest.mark.rig_full
-def test_a_pr_out_storm_through_a_power_off_loses_at_most_the_last_instant(rig):
-    """The remaining window, measured: the first initiator changes its key as fast as sg_persist can
-    (REGISTER AND IGNORE EXISTING KEY, each acknowledged one logged) through the active's port; the active is
-    powered off mid-storm and the storm stopped at once. On the new active the key must be the last one
-    acknowledged (or the one in flight); an older one means acknowledged changes were lost, and how many, at
-    the storm's rate, says how long the window was. It must be within one agent tick plus a ZooKeeper write
-    (the active publishes every tick), stretched by the rig's speed."""
-    from rigctl import agents
-
-    from tests.chaos.rigchaos import Cluster
-
-    agents.reset(rig)
-    agents.deploy(rig, agents.config_text(rig))
-    agents.start(rig)
-    cluster = Cluster(rig)
-    active = cluster.restore()
-    dev = _login(rig)
-    first, second = _portal(active, rig), _portal(cluster.peer(active), rig)
-    a1, a2 = dev[("hacpra", first)], dev[("hacpra", second)]
-    base = 0x6775657374000000
-    rc, out = _sg(rig, f"sg_persist --out --register --param-sark={base:#x} {a1}")
-    assert rc == 0, out
-    _initiator(rig, f"cat > /root/storm.sh <<'EOS'\n{STORM}\nEOS\n"
-                    f"setsid nohup sh /root/storm.sh {a1} /root/storm.log {base} </dev/null >/dev/null 2>&1 &")
-    time.sleep(rig.scaled(10))
-    rig.power_off(active)
-    _initiator(rig, "pkill -f '[s]torm.sh'; true")  # the bracket: not this shell's own command line
-    log = _initiator(rig, "cat /root/storm.log")
-    acked = [(int(i), float(t)) for i, t in (line.split() for line in log.splitlines() if line.strip())]
-    assert len(acked) >= 10, f"the storm hardly ran: {log[-500:]}"
-    last = acked[-1][0]
-    _fail_over_seen(rig, cluster, cluster.peer(active))
-    keys = set(_keys(rig, a2))
-    found = max((k - base for k in keys if base <= k <= base + last + 1), default=0)
-    rate = (len(acked) - 1) / (acked[-1][1] - acked[0][1])
-    lost = max(0, last - found)
-    window_s = lost / rate
-    print(f"PR-OUT storm: {len(acked)} acknowledged at {rate:.1f}/s; last acknowledged #{last}, the new active "
-          f"holds #{found}: {lost} lost, a window of {window_s:.3f} s")
-    assert found >= last or window_s <= rig.scaled(agents.TIMING["loop_interval_s"] + 0.5), (last, found, rate)
 
 
 def _fail_over_seen(rig: Any, cluster: Any, standby: str) -> None:

@@ -42,4 +42,9 @@ def test_status_shows_the_luns_with_guest_reservations_and_what_would_not_surviv
     assert "guest reservations: ctrl-a LUN rdm1: 1 registration, no reservation (not in ZooKeeper yet)" in text
     assert "guest reservations NOT carried over: ctrl-b LUN rdm0: OSError: EINVAL" in text
     assert "guest reservations stay on ctrl-a (lost on a failover) for LUN old0" in text
+    assert "read every tick" not in text  # no "served" key: an agent from before the served directory
     assert "guest reservations" not in render(_doc(_node("ctrl-a", "active"), _node("ctrl-b", "standby")))
+    unserved = render(_doc(_node("ctrl-a", "active", reservations_sync=sync | {"served": False}),
+                           _node("ctrl-b", "standby", reservations_sync=failed | {"served": False})))
+    assert "guest reservations on ctrl-a are read every tick, not served (FUSE unavailable" in unserved
+    assert "guest reservations on ctrl-b are read" not in unserved  # a standby acknowledges nothing for ZooKeeper

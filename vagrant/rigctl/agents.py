@@ -212,8 +212,11 @@ def reset(rig: Any) -> None:
     for node in rig.controllers:
         iface = san_interface(rig, node)
         dels = "; ".join(f"ip addr del {a} dev {iface} 2>/dev/null" for a in addresses)
-        # the initiators' reservations the agents carried (LIO's APTPL files, which epoch a controller loaded)
-        prs = "rm -f /var/target/pr/aptpl_* /run/hacontrol/*.reservations-loaded-epoch"
+        # the initiators' reservations the agents carried: the directory the agent served (its mounts, bounded)
+        # and its copy under /run, LIO's APTPL files beneath, which epoch a controller loaded
+        prs = ("d=$(cat /sys/kernel/config/target/dbroot 2>/dev/null || echo /var/target)/pr; "
+               "for i in 1 2 3 4; do umount -l $d 2>/dev/null || break; done; "
+               "rm -rf $d/aptpl_* /run/hacontrol/*.pr /run/hacontrol/*.reservations-loaded-epoch")
         nft = "; ".join(f"nft delete table inet {t} 2>/dev/null" for t in ("hacontrol_lio", "hacontrol_pr_load"))
         rig.ssh(node, f"{CLEAR_LIO}; {dels}; {prs}; {nft}; true", timeout=rig.scaled(120))
     clear_published_reservations(rig)

@@ -91,9 +91,23 @@ def host_namespace() -> list[str]:
     try:
         if os.readlink("/proc/self/ns/mnt") == os.readlink("/proc/1/ns/mnt"):
             return []
-    except OSError:  # PID 1 is not ours to look at (a container's sandbox): nor to enter
+    except OSError as exc:  # PID 1 is not ours to look at: fine only if this namespace is not a sandbox's copy
+        if _slave_root():
+            raise StoreError(f"this process has a mount namespace of its own and cannot enter PID 1's "
+                             f"({exc.strerror}): a mount here would not reach LIO; fix: give the unit "
+                             "CAP_SYS_PTRACE and CAP_SYS_CHROOT (systemd/hacontrol.service)") from exc
         return []
     return ["nsenter", "--mount=/proc/1/ns/mnt", "--"]
+
+
+def _slave_root() -> bool:
+    """Whether / here receives its mounts from another namespace (systemd's sandboxing makes such a copy)."""
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.partition(" - ")[0].split()
+            if len(fields) > 4 and fields[4] == "/":
+                return any(tag.startswith("master:") for tag in fields[6:])
+    return False
 
 
 def _run(argv: list[str], what: str, fds: tuple[int, ...] = ()) -> None:

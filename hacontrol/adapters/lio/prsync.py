@@ -169,7 +169,7 @@ class PrSync:
         configured = [lun.name for t in self.cfg.targets for lun in t.luns]
         tracked = self.tracked()
         return {"loaded_epoch": self.loaded_epoch, "unpublished": sorted(self.to_publish()),
-                "synchronous": self.sync_epoch is not None,
+                "served": self.store is not None, "synchronous": self.sync_epoch is not None,
                 "not_loaded": dict(self.not_loaded),
                 "untracked": [lun for lun in configured if lun not in tracked]}
 

@@ -69,6 +69,7 @@ class PrSync:
         self.sync_epoch: int | None = None  # while set, a PR-OUT completes only once published under it
         self._publish: Callable[[int, dict[str, str], float], None] | None = None
         self._sync_budget_s = 2.0
+        self._moved_logged = False
 
     # -- the directory LIO writes into, served here (prstore.py) ---------------------------------------------------
 
@@ -95,9 +96,25 @@ class PrSync:
         if lun in self.not_loaded:
             raise AdapterError(f"LUN {lun}: the previous active's reservations were not loaded here "
                                f"({self.not_loaded[lun]}); publishing this one would replace them")
-        publish(epoch, {lun: text}, time.monotonic() + self._sync_budget_s)
+        started = time.monotonic()
+        publish(epoch, {lun: text}, started + self._sync_budget_s)
         with self._lock:
             self._published[lun] = text
+        log.info("lio_pr_out_published", node=self.node, lun=lun, epoch=epoch,
+                 ms=round(1000 * (time.monotonic() - started), 1))
+
+    def served(self) -> bool:
+        """Whether LIO writes into the directory this agent serves: dbroot can still move (rtslib-fb sets its
+        own) until the first storage object exists, after the agent mounted."""
+        if self.store is None:
+            return False
+        if self.store.mountpoint != self.pr_dir():
+            if not self._moved_logged:
+                self._moved_logged = True
+                log.error("lio_pr_store_not_where_lio_writes", served=str(self.store.mountpoint),
+                          lio=str(self.pr_dir()), detail="restart the agent (it serves where dbroot is then)")
+            return False
+        return True
 
     def stop_syncing(self) -> None:
         """This controller's own ports stopped serving: its PR-OUTs are a standby's again (kept here)."""
@@ -130,7 +147,7 @@ class PrSync:
         and a read of each file there is (only LUNs whose initiators ever sent a PR-OUT have one); from memory
         when this agent serves the directory."""
         local = {}
-        if self.store is not None:
+        if self.store is not None and self.served():
             files = self.store.files()
             for lun, serial in self.tracked().items():
                 local[lun] = files.get(f"{pr.APTPL_PREFIX}{serial}", "")
@@ -169,7 +186,7 @@ class PrSync:
         configured = [lun.name for t in self.cfg.targets for lun in t.luns]
         tracked = self.tracked()
         return {"loaded_epoch": self.loaded_epoch, "unpublished": sorted(self.to_publish()),
-                "served": self.store is not None, "synchronous": self.sync_epoch is not None,
+                "served": self.served(), "synchronous": self.sync_epoch is not None,
                 "not_loaded": dict(self.not_loaded),
                 "untracked": [lun for lun in configured if lun not in tracked]}
 

@@ -187,9 +187,17 @@ APTPL_PREFIX = "aptpl_"
 DEFAULT_DBROOT = "/var/target"
 
 
+PREFERRED_DBROOT = "/etc/target"
+
+
 def aptpl_dir(root: str | Path) -> Path:
-    """Where LIO writes the APTPL files: ``<dbroot>/pr``, dbroot as configfs (``root``) names it."""
-    return Path(read_text(f"{root}/dbroot") or DEFAULT_DBROOT) / "pr"
+    """Where LIO writes the APTPL files: ``<dbroot>/pr``, dbroot as configfs (``root``) names it; before the
+    target module is loaded, where the kernel will put it (target_init_dbroot: /etc/target if that directory
+    exists, else /var/target). rtslib-fb moves it (Debian: /etc/rtslib-fb-target) until a device exists."""
+    dbroot = read_text(f"{root}/dbroot")
+    if not dbroot:
+        dbroot = PREFERRED_DBROOT if os.path.isdir(PREFERRED_DBROOT) else DEFAULT_DBROOT
+    return Path(dbroot) / "pr"
 NEXUS_FIELDS = ("initiator_node", "initiator_sid", "target_node", "tpgt", "port_rtpi", "mapped_lun")
 
 

@@ -94,3 +94,62 @@ def test_keeping_the_local_state_touches_nothing_and_publishes_it(lio, devices):
     assert "kept" in port.load_reservations(5, {"ds01": {"aptpl": ""}}, True, FAR)
     assert len(lio.ops) == before
     assert port.observe().pr_loaded_epoch == 5 and list(port.reservations_to_publish()) == ["ds01"]
+
+
+def test_a_finished_file_is_published_first_only_while_this_controller_serves_under_a_loaded_epoch(lio, devices):
+    """prsync's half of the served directory (prstore.py; the kernel's half: tests/integration/test_prstore.py):
+    a standby keeps the file; after the takeover's load each one is published under the epoch before the write
+    returns, or the write fails; a LUN whose load failed refuses; a step down (ALUA) ends it."""
+    import pytest
+
+    from hacontrol.agent.protocols import AdapterError
+    from hacontrol.core.model import AluaState
+
+    port = make(lio, lio_config(devices))
+    port.configure(FAR)
+    port.observe()
+    calls = []
+    port.prsync._publish = lambda epoch, changed, deadline: calls.append((epoch, changed))
+    name, text = f"aptpl_{SN[0]}", pr.render_aptpl((block(7),))
+    port.prsync.file_written(name, text)
+    assert calls == []  # a standby: kept here (merged at a takeover)
+    port.load_reservations(5, {}, False, FAR)
+    port.prsync.file_written(name, text)
+    port.prsync.file_written("aptpl_not-ours", text)  # a file of no configured LUN: nothing to publish
+    assert calls == [(5, {"ds01": text})]
+    port.prsync.not_loaded["ds01"] = "OSError: EINVAL"
+    with pytest.raises(AdapterError, match="were not loaded here"):
+        port.prsync.file_written(name, text)
+    del port.prsync.not_loaded["ds01"]
+
+    def refuse(epoch, changed, deadline):
+        raise AdapterError("epoch 5 is over")
+    port.prsync._publish = refuse
+    with pytest.raises(AdapterError, match="is over"):  # the store answers EIO: LIO fails the PR-OUT
+        port.prsync.file_written(name, text)
+    port.set_alua(AluaState.STANDBY, AluaState.ACTIVE_OPTIMIZED, FAR)
+    port.prsync.file_written(name, text)  # stepped down: a standby's file again
+    assert port.reservations_sync_report()["synchronous"] is False
+
+
+def test_without_fuse_the_agent_goes_on_reading_the_files_and_says_so(lio, devices, capsys):
+    from types import SimpleNamespace
+
+    from hacontrol.adapters.lio.prstore import StoreError
+    from hacontrol.agent.build import serve_reservation_files
+
+    cfg = lio_config(devices)
+    port = make(lio, cfg)
+    seen = []
+
+    def no_fuse(publish, budget_s, backing):
+        seen.append((budget_s, backing.name))
+        raise StoreError("/dev/fuse: No such file or directory (is the fuse module loaded?)")
+    port.serve_reservation_files = no_fuse
+    ctl = SimpleNamespace(extras={"target": port}, coordinator=SimpleNamespace(publish_reservations=None),
+                          node="ctrl-a")
+    assert serve_reservation_files(cfg, ctl) is None
+    assert seen == [(min(2.0, cfg.timing.session_timeout_s / 2), "ctrl-a.pr")]
+    assert "lio_pr_store_unavailable" in capsys.readouterr().out
+    assert port.reservations_sync_report()["served"] is False
+    assert serve_reservation_files(cfg, SimpleNamespace(extras={"target": object()})) is None  # tgt: none

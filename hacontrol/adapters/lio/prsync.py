@@ -3,8 +3,11 @@
 LIO keeps PR state per controller, in memory. hacontrol sets ``attrib/force_pr_aptpl`` on every storage
 object it creates (before the first export; the kernel refuses it later), so LIO writes the LUN's whole PR
 state to ``<dbroot>/pr/aptpl_<unit serial>`` on every PERSISTENT RESERVE OUT that changes it, before it
-completes the command. The agent reads those files every tick (a few hundred bytes per LUN that has any) and
-the active publishes what changed to ZooKeeper (``reservations/<lun>``, guarded by its epoch).
+completes the command. The agent serves that directory (prstore.py): on the serving active, ``file_written``
+publishes the new state to ZooKeeper (``reservations/<lun>``, guarded by the epoch) before LIO's write returns,
+so no PR-OUT is acknowledged that the next active will not load; if it cannot, the write and the PR-OUT fail.
+Every tick the agent also compares the files with what it published and publishes what differs (the state a
+takeover loaded, a write whose publication failed). Without the served directory it reads the files instead.
 
 At a takeover, after the fence and before this controller's ports go Active/Optimized, ``load`` makes LIO
 here hold what the previous active published: for each LUN whose published state differs from what LIO holds
@@ -17,10 +20,9 @@ drops what this controller held), the published registrations are written as APT
 are re-created; LIO attaches each registration to its I_T nexus (initiator port + target port, by relative
 port id: the same on both controllers) when the export comes back. Measured in docs/lio.md.
 
-What remains (docs/vmware.md): a PR-OUT that LIO completed on the old active less than one tick (plus a
-ZooKeeper write) before that controller died is not in ZooKeeper; a registration made through the Standby
-controller's ports under a key the active never saw is not carried over (its initiator registers again when
-its write is refused); the PRgeneration counter restarts.
+What remains (docs/vmware.md): a registration made through the Standby controller's ports under a key the
+active never saw is not carried over (its initiator registers again when its write is refused); the
+PRgeneration counter restarts; without FUSE, a PR-OUT completed less than a tick before the active died.
 """
 
 from __future__ import annotations

@@ -16,6 +16,8 @@ from typing import Any
 BASE_KEY = 0x6775657374000000
 UNIT_ATTENTION = 6  # sg3_utils' exit status: the command may be retried
 LOGOUT = "iscsiadm -m node --logoutall=all >/dev/null 2>&1; iscsiadm -m node -o delete >/dev/null 2>&1; true"
+# A pause between commands: unpaced, the emulated initiator VM takes a whole host core forking sg_persist and
+# starves the controllers' VMs (their ZooKeeper sessions were seen suspending), which no real initiator does.
 STORM = r"""
 dev=$1; out=$2; base=$3; i=0; : > $out
 while [ $i -lt 5000 ]; do
@@ -23,6 +25,7 @@ while [ $i -lt 5000 ]; do
   if sg_persist --out --register-ignore --param-sark=$k $dev >/dev/null 2>&1; then
     echo "$i $(date +%s.%N)" >> $out
   fi
+  sleep 0.25
 done
 """
 
@@ -90,8 +93,14 @@ def sg(rig: Any, command: str, tries: int = 8) -> tuple[int, str]:
     return rc, out
 
 
-def keys(rig: Any, dev: str) -> list[int]:
-    rc, out = sg(rig, f"sg_persist --in --read-keys {dev}")
+def keys(rig: Any, dev: str, tries: int = 10) -> list[int]:
+    """The registered keys, read through ``dev``; retried while its session recovers (bounded)."""
+    rc, out = 0, ""
+    for _ in range(tries):
+        rc, out = sg(rig, f"sg_persist --in --read-keys {dev}")
+        if rc == 0:
+            break
+        time.sleep(rig.scaled(1.0))
     assert rc == 0, out
     return sorted(int(k, 16) for k in re.findall(r"^\s+(0x[0-9a-f]+)\s*$", out, re.M))
 

@@ -280,7 +280,7 @@ def pr_storm(how: str) -> Callable[[Ctx, Mark], None]:
         m.params["how"] = how
         try:
             prstorm.start(rig, storm_dev)
-            time.sleep(c.rng.uniform(3.0, 6.0) * max(1.0, rig.speed_factor))
+            time.sleep(c.rng.uniform(6.0, 10.0) * max(1.0, rig.speed_factor))
             m.now()
             if how == "power-off":
                 rig.power_off(c.active)

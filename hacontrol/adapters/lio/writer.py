@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from hacontrol.agent.protocols import AdapterError
 
 from . import names
@@ -29,6 +31,8 @@ from .model import Auth, LioSnapshot
 from .plan import Op
 from .reservations import APTPL_PREFIX, aptpl_dir
 from .snapshot import CONFIGFS, PROC_SYS
+
+log = structlog.get_logger("hacontrol.lio")
 
 _AUTH_FILES = ("userid", "password", "userid_mutual", "password_mutual")
 RCU_EXPEDITED = "/sys/kernel/rcu_expedited"
@@ -182,9 +186,15 @@ class RtslibWriter:
     def _forget_aptpl(self, serial: str) -> None:
         """An APTPL file an earlier life of this storage object left here describes an older state: LIO's copy
         starts empty, and the reservations come from ZooKeeper when this controller takes over (prsync.py).
-        Unlike rtslib-fb, the file is not loaded; it is removed, so that it shows what LIO holds."""
-        with contextlib.suppress(FileNotFoundError):
+        Unlike rtslib-fb, the file is not loaded; it is removed, so that it shows what LIO holds. Where no agent
+        serves the directory (prstore.py: the read-only base, or a dead agent's mount) there is nothing to
+        remove, and LIO could not write there either."""
+        try:
             os.unlink(aptpl_dir(self.root) / f"{APTPL_PREFIX}{serial}")
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("lio_aptpl_not_removed", serial=serial, error=exc.strerror)
 
     def _delete_so(self, name: str) -> None:
         """The plan unexports it first; the kernel refuses (EBUSY) if a LUN still uses it."""

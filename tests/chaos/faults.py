@@ -278,8 +278,10 @@ def pr_storm(how: str) -> Callable[[Ctx, Mark], None]:
         storm_dev = dev[("hacpra", prstorm.portal(rig, c.active))]
         read_dev = dev[("hacpra", prstorm.portal(rig, c.standby))]
         m.params["how"] = how
+        base = prstorm.BASE_KEY + c.rng.randrange(1, 1 << 16) * (1 << 16)  # this trial's keys only
         try:
-            prstorm.start(rig, storm_dev)
+            prstorm.unregister(rig, [storm_dev, read_dev])
+            prstorm.start(rig, storm_dev, base)
             time.sleep(c.rng.uniform(6.0, 10.0) * max(1.0, rig.speed_factor))
             m.now()
             if how == "power-off":
@@ -288,7 +290,8 @@ def pr_storm(how: str) -> Callable[[Ctx, Mark], None]:
                 rig.kill_agent(c.active)
             acked = prstorm.stop(rig)  # at once: what follows the fault is not the question
             c.wait_active(c.standby, 6 * c.s + 30)
-            result = prstorm.judge(acked, prstorm.keys(rig, read_dev))
+            result = prstorm.judge(acked, prstorm.keys(rig, read_dev), base)
+            prstorm.unregister(rig, [read_dev, storm_dev])
         finally:
             prstorm.initiator(rig, prstorm.LOGOUT, check=False)
         m.violations.extend(result.pop("violations"))

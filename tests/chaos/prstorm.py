@@ -105,9 +105,16 @@ def keys(rig: Any, dev: str, tries: int = 10) -> list[int]:
     return sorted(int(k, 16) for k in re.findall(r"^\s+(0x[0-9a-f]+)\s*$", out, re.M))
 
 
+def unregister(rig: Any, devs: list[str]) -> None:
+    """Remove this initiator port's registration through each device (an earlier storm's, on either target
+    port): REGISTER AND IGNORE EXISTING KEY with key 0. Best effort."""
+    for dev in devs:
+        sg(rig, f"sg_persist --out --register-ignore --param-sark=0 {dev}")
+
+
 def start(rig: Any, dev: str, base: int = BASE_KEY) -> None:
     """Register the first key, then start the storm in the background (it ends by itself after 5,000)."""
-    rc, out = sg(rig, f"sg_persist --out --register --param-sark={base:#x} {dev}")
+    rc, out = sg(rig, f"sg_persist --out --register-ignore --param-sark={base:#x} {dev}")
     assert rc == 0, out
     initiator(rig, f"cat > /root/storm.sh <<'EOS'\n{STORM}\nEOS\n"
                    f"setsid nohup sh /root/storm.sh {dev} /root/storm.log {base} </dev/null >/dev/null 2>&1 &")

@@ -298,7 +298,10 @@ def _target(cfg: Config, node: str, network: Any = None) -> tuple[Any, bool, Any
     return port, True, (port if cfg.port_takeover or cfg.node(node).portals else None)
 
 
-PR_SYNC_BUDGET_S = 2.0  # how long a PR-OUT may wait for ZooKeeper before it fails (not acknowledged)
+# How long a PR-OUT may wait for ZooKeeper before it fails (not acknowledged): a ZooKeeper write takes
+# milliseconds; the bound is kept short because a tick that waits for the target's in-flight commands (a port
+# disabled, a LUN unexported) waits for this too, and the watchdog does not.
+PR_SYNC_BUDGET_S = 1.0
 
 
 def serve_reservation_files(cfg: Config, ctl: Controller) -> Any:
@@ -310,7 +313,7 @@ def serve_reservation_files(cfg: Config, ctl: Controller) -> Any:
         return None
     from hacontrol.adapters.lio.prstore import StoreError
 
-    budget = min(PR_SYNC_BUDGET_S, cfg.timing.session_timeout_s / 2)
+    budget = min(PR_SYNC_BUDGET_S, cfg.timing.session_timeout_s / 4)
     try:
         return target.serve_reservation_files(ctl.coordinator.publish_reservations, budget,
                                               Path(cfg.runtime_dir) / f"{ctl.node}.pr")

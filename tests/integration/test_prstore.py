@@ -143,6 +143,7 @@ def test_on_the_serving_active_a_pr_out_completes_only_once_zookeeper_holds_it(t
         assert cb.read_reservations(_soon()) == {}
         assert ca.claim(0, _soon())
         port.load_reservations(1, {}, False, _soon())
+        port.set_alua(AluaState.ACTIVE_OPTIMIZED, AluaState.STANDBY, _soon())
         second = TEXT.replace("sa_res_key=7", "sa_res_key=9")
         lio_write(served / f"aptpl_{SN[0]}", second)
         assert cb.read_reservations(_soon())["ds01"]["aptpl"] == second  # there when the write returned

@@ -115,6 +115,9 @@ def test_a_finished_file_is_published_first_only_while_this_controller_serves_un
     assert calls == []  # a standby: kept here (merged at a takeover)
     port.load_reservations(5, {}, False, FAR)
     port.prsync.file_written(name, text)
+    assert calls == []  # loaded, but its ports do not serve yet (SetAlua comes after the load)
+    port.set_alua(AluaState.ACTIVE_OPTIMIZED, AluaState.STANDBY, FAR)
+    port.prsync.file_written(name, text)
     port.prsync.file_written("aptpl_not-ours", text)  # a file of no configured LUN: nothing to publish
     assert calls == [(5, {"ds01": text})]
     port.prsync.not_loaded["ds01"] = "OSError: EINVAL"
@@ -128,8 +131,13 @@ def test_a_finished_file_is_published_first_only_while_this_controller_serves_un
     with pytest.raises(AdapterError, match="is over"):  # the store answers EIO: LIO fails the PR-OUT
         port.prsync.file_written(name, text)
     port.set_alua(AluaState.STANDBY, AluaState.ACTIVE_OPTIMIZED, FAR)
-    port.prsync.file_written(name, text)  # stepped down: a standby's file again
+    port.prsync.file_written(name, text)  # stepped down (its lease lapsed): a standby's file again
     assert port.reservations_sync_report()["synchronous"] is False
+    calls.clear()
+    port.prsync._publish = lambda epoch, changed, deadline: calls.append((epoch, changed))
+    port.set_alua(AluaState.ACTIVE_OPTIMIZED, AluaState.STANDBY, FAR)  # serving again under the same epoch
+    port.prsync.file_written(name, text)
+    assert calls == [(5, {"ds01": text})] and port.reservations_sync_report()["synchronous"] is True
 
 
 def test_without_fuse_the_agent_goes_on_reading_the_files_and_says_so(lio, devices, capsys):
@@ -149,7 +157,7 @@ def test_without_fuse_the_agent_goes_on_reading_the_files_and_says_so(lio, devic
     ctl = SimpleNamespace(extras={"target": port}, coordinator=SimpleNamespace(publish_reservations=None),
                           node="ctrl-a")
     assert serve_reservation_files(cfg, ctl) is None
-    assert seen == [(min(2.0, cfg.timing.session_timeout_s / 2), "ctrl-a.pr")]
+    assert seen == [(min(1.0, cfg.timing.session_timeout_s / 4), "ctrl-a.pr")]
     assert "lio_pr_store_unavailable" in capsys.readouterr().out
     assert port.reservations_sync_report()["served"] is False
     assert serve_reservation_files(cfg, SimpleNamespace(extras={"target": object()})) is None  # tgt: none

@@ -268,6 +268,7 @@ class LioPort(PortMoves):
         self._consume_background()
         self._schedule_background()
         own, peer = self._read_states()
+        self.prsync.set_serving(own.accepts_io)
         self.prsync.read_local()
         return DataPath(configured=self._configured_now(), own_group=own, peer_group=peer,
                         alua_changed_at=self._alua_changed_at, own_ports_up=self.own_ports_up(),
@@ -339,8 +340,7 @@ class LioPort(PortMoves):
             paths = self.so_paths()
             self._bump()
             writes = self._alua.switch(paths, changes, deadline, per_device=self.per_device_alua)
-        if not own.accepts_io:
-            self.prsync.stop_syncing()
+        self.prsync.set_serving(own.accepts_io)
         if own != before[0]:
             self._alua_changed_at = self.clock()
         self._view = (own, peer)

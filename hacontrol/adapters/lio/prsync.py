@@ -68,7 +68,8 @@ class PrSync:
         self._tracked: tuple[list[Path], dict[str, str]] | None = None
         self._lock = threading.Lock()  # _published: the tick and the store's thread both write it
         self.store: PrStore | None = None  # the directory served by this agent (serve_files), or None: read it
-        self.sync_epoch: int | None = None  # while set, a PR-OUT completes only once published under it
+        self.sync_epoch: int | None = None  # the epoch loaded: while serving, a PR-OUT is published under it first
+        self.serving = False  # this controller's own ports are Active/Optimized (LioPort: every tick and set_alua)
         self._publish: Callable[[int, dict[str, str], float], None] | None = None
         self._sync_budget_s = 2.0
         self._moved_logged = False
@@ -88,11 +89,14 @@ class PrSync:
         """LIO finished writing ``name`` (a PR-OUT waits for this). On the serving active the state is published
         first; raising fails the write, and LIO fails the PR-OUT instead of acknowledging it. On a standby the
         file stays here (its own Standby-path registrations: ``reservations.merge`` at a takeover)."""
-        epoch, publish = self.sync_epoch, self._publish
-        if epoch is None or publish is None or not name.startswith(pr.APTPL_PREFIX):
+        epoch, publish, tracked = self.sync_epoch, self._publish, self._tracked
+        if not self.serving or epoch is None or publish is None or tracked is None \
+                or not name.startswith(pr.APTPL_PREFIX):
             return
+        # Only what the tick thread left here: this runs while LIO, possibly inside a configfs operation of the
+        # tick thread, waits for the answer, so it must not touch configfs itself (it could wait on that thread).
         serial = name.removeprefix(pr.APTPL_PREFIX)
-        lun = next((ln for ln, s in self.tracked().items() if s == serial), None)
+        lun = next((ln for ln, s in tracked[1].items() if s == serial), None)
         if lun is None:
             return
         if lun in self.not_loaded:
@@ -118,11 +122,13 @@ class PrSync:
             return False
         return True
 
-    def stop_syncing(self) -> None:
-        """This controller's own ports stopped serving: its PR-OUTs are a standby's again (kept here)."""
-        if self.sync_epoch is not None:
-            log.info("lio_reservations_sync_off", node=self.node, epoch=self.sync_epoch)
-        self.sync_epoch = None
+    def set_serving(self, serving: bool) -> None:
+        """Whether this controller's own ports serve (Active/Optimized). Stepping down makes its PR-OUTs a
+        standby's (kept here); serving again under the epoch it loaded (a lease that lapsed and came back)
+        publishes them first again."""
+        if serving != self.serving and self.sync_epoch is not None:
+            log.info("lio_reservations_sync", node=self.node, epoch=self.sync_epoch, on=serving)
+        self.serving = serving
 
     # -- reading --------------------------------------------------------------------------------------------------
 
@@ -188,7 +194,7 @@ class PrSync:
         configured = [lun.name for t in self.cfg.targets for lun in t.luns]
         tracked = self.tracked()
         return {"loaded_epoch": self.loaded_epoch, "unpublished": sorted(self.to_publish()),
-                "served": self.served(), "synchronous": self.sync_epoch is not None,
+                "served": self.served(), "synchronous": self.serving and self.sync_epoch is not None,
                 "not_loaded": dict(self.not_loaded),
                 "untracked": [lun for lun in configured if lun not in tracked]}
 
@@ -198,6 +204,7 @@ class PrSync:
              deadline: float) -> str:
         """Make LIO here hold what ZooKeeper holds, LUN by LUN, where it differs. A LUN that fails is logged and
         left out of publishing for this epoch; the others go on (a takeover is not held up by one LUN)."""
+        self.sync_epoch = None  # the re-export below may make LIO write files: none of them waits for ZooKeeper
         with self._lock:
             self._published = {}
         self.not_loaded = {}

@@ -185,8 +185,6 @@ def aptpl_block(*, initiator: str, isid: str, key: int, holder: bool, pr_type: i
 
 APTPL_PREFIX = "aptpl_"
 DEFAULT_DBROOT = "/var/target"
-
-
 PREFERRED_DBROOT = "/etc/target"
 
 
@@ -198,6 +196,8 @@ def aptpl_dir(root: str | Path) -> Path:
     if not dbroot:
         dbroot = PREFERRED_DBROOT if os.path.isdir(PREFERRED_DBROOT) else DEFAULT_DBROOT
     return Path(dbroot) / "pr"
+
+
 NEXUS_FIELDS = ("initiator_node", "initiator_sid", "target_node", "tpgt", "port_rtpi", "mapped_lun")
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from hacontrol.adapters.lio import reservations as pr
-from hacontrol.adapters.lio.prstore import BASE_SOURCE, FSTYPE, PrStore, mounts_at
+from hacontrol.adapters.lio.prstore import BASE_SOURCE, PrStore, mounts_at, ours
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/dev/fuse"),
                                 reason="needs root and /dev/fuse")
@@ -59,7 +59,8 @@ def test_a_finished_write_waits_for_its_check_and_fails_when_the_check_refuses(m
     store = PrStore(mountpoint, tmp_path / "backing", check)
     store.start()
     try:
-        assert [fs for fs, _ in mounts_at(str(mountpoint))] == ["tmpfs", FSTYPE]
+        stack = mounts_at(str(mountpoint))
+        assert stack[0] == ("tmpfs", BASE_SOURCE) and ours(stack[1]) and len(stack) == 2
         lio_write(mountpoint / "aptpl_sn1", TEXT)
         assert seen == [("aptpl_sn1", TEXT)]
         assert (mountpoint / "aptpl_sn1").read_bytes() == TEXT.encode() + b"\0"
@@ -114,7 +115,8 @@ def test_a_killed_agents_directory_fails_writes_until_the_next_agent_serves_what
     store = PrStore(mountpoint, backing)
     store.start()  # detaches the dead mount, serves the copy the dead agent kept under /run
     try:
-        assert [fs for fs, _ in mounts_at(str(mountpoint))] == ["tmpfs", FSTYPE]
+        stack = mounts_at(str(mountpoint))
+        assert stack[0] == ("tmpfs", BASE_SOURCE) and ours(stack[1]) and len(stack) == 2
         assert store.files() == {"aptpl_sn1": TEXT}
         assert (mountpoint / "aptpl_sn1").read_text().rstrip("\0") == TEXT
     finally:

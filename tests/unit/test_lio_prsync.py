@@ -161,3 +161,12 @@ def test_without_fuse_the_agent_goes_on_reading_the_files_and_says_so(lio, devic
     assert "lio_pr_store_unavailable" in capsys.readouterr().out
     assert port.reservations_sync_report()["served"] is False
     assert serve_reservation_files(cfg, SimpleNamespace(extras={"target": object()})) is None  # tgt: none
+
+
+def test_a_served_directorys_mount_is_recognised_whatever_type_mountinfo_shows():
+    from hacontrol.adapters.lio.prstore import BASE_SOURCE, FSTYPE, FUSE_SOURCE, ours
+
+    # util-linux on the host shows the subtype, the Debian 13 guests' shows "fuse": a restarted agent must
+    # detach a dead predecessor's mount either way (else it cannot serve the directory again)
+    assert ours((FSTYPE, FUSE_SOURCE)) and ours(("fuse", FUSE_SOURCE))
+    assert not ours(("tmpfs", BASE_SOURCE)) and not ours(("fuse", "sshfs#host"))

@@ -24,8 +24,6 @@ mount(2) call fusermount makes, done here directly (the agent runs as root).
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import errno
 import os
 import stat
@@ -41,6 +39,7 @@ import structlog
 log = structlog.get_logger("hacontrol.lio")
 
 FSTYPE = "fuse.hacontrol-pr"
+FUSE_SOURCE = "hacontrol-pr"
 BASE_SOURCE = "hacontrol-pr-base"
 MAX_WRITE = 128 * 1024
 _BUFFER = MAX_WRITE + 64 * 1024
@@ -72,15 +71,10 @@ FATTR_SIZE = 1 << 3
 FUSE_ATOMIC_O_TRUNC, FUSE_BIG_WRITES = 1 << 3, 1 << 5
 FOPEN_DIRECT_IO = 1
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
-MNT_DETACH = 2
 
 
 class StoreError(Exception):
     pass
-
-
-def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
 
 def host_namespace() -> list[str]:
@@ -121,21 +115,20 @@ def _run(argv: list[str], what: str, fds: tuple[int, ...] = ()) -> None:
 
 def _mount(source: str, target: str, fstype: str, flags: int, data: str, *, enter: list[str],
            fds: tuple[int, ...] = ()) -> None:
-    if enter:
-        opts = ",".join([*(name for bit, name in ((MS_RDONLY, "ro"), (MS_NOSUID, "nosuid"), (MS_NODEV, "nodev"),
-                                                  (MS_NOEXEC, "noexec")) if flags & bit), data])
-        _run([*enter, "mount", "-i", "-n", "-t", fstype, "-o", opts, source, target], f"mount {fstype}", fds)
-    elif _libc().mount(source.encode(), target.encode(), fstype.encode(), flags, data.encode()) != 0:
-        err = ctypes.get_errno()
-        raise StoreError(f"mount {fstype} on {target}: {os.strerror(err)}")
+    """mount(8) without helpers (in PID 1's namespace when ``enter`` says so); a FUSE mount's ``fd=N`` names
+    the agent's /dev/fuse descriptor, passed on to mount(8) under the same number."""
+    opts = ",".join([*(name for bit, name in ((MS_RDONLY, "ro"), (MS_NOSUID, "nosuid"), (MS_NODEV, "nodev"),
+                                              (MS_NOEXEC, "noexec")) if flags & bit), data])
+    _run([*enter, "mount", "-i", "-n", "-t", fstype, "-o", opts, source, target], f"mount {fstype}", fds)
 
 
 def _detach(target: str, enter: list[str]) -> None:
-    if enter:
-        _run([*enter, "umount", "-l", "-n", target], f"umount {target}")
-    elif _libc().umount2(target.encode(), MNT_DETACH) != 0:
-        err = ctypes.get_errno()
-        raise StoreError(f"umount {target}: {os.strerror(err)}")
+    _run([*enter, "umount", "-l", "-n", target], f"umount {target}")
+
+
+def ours(mount: tuple[str, str]) -> bool:
+    """A served directory's mount (mountinfo may show its type as "fuse" or "fuse.hacontrol-pr")."""
+    return mount[0].startswith("fuse") and mount[1] == FUSE_SOURCE
 
 
 def mounts_at(path: str, pid: str = "self") -> list[tuple[str, str]]:
@@ -192,7 +185,7 @@ class PrStore:
         where = "1" if enter else "self"
         for _ in range(8):  # earlier agents' mounts (ENOTCONN once they died), each detached once (bounded)
             stack = mounts_at(target, where)
-            if not stack or stack[-1][0] != FSTYPE:
+            if not stack or not ours(stack[-1]):
                 break
             _detach(target, enter)
         self.mountpoint.mkdir(parents=True, exist_ok=True)
@@ -206,7 +199,7 @@ class PrStore:
                 _mount(BASE_SOURCE, target, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
                        "size=4k,mode=0700", enter=enter)
             self._load_backing()
-            _mount("hacontrol-pr", target, FSTYPE, MS_NOSUID | MS_NODEV | MS_NOEXEC,
+            _mount(FUSE_SOURCE, target, FSTYPE, MS_NOSUID | MS_NODEV | MS_NOEXEC,
                    f"fd={fd},rootmode=40000,user_id=0,group_id=0,allow_other", enter=enter, fds=(fd,))
         except (StoreError, OSError):
             os.close(fd)

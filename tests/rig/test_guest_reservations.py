@@ -145,3 +145,44 @@ def _fail_over_seen(rig: Any, cluster: Any, standby: str) -> None:
     while time.monotonic() < deadline and cluster.active() != standby:
         time.sleep(0.5)
     assert cluster.active() == standby, cluster.status()
+
+
+def test_a_restarted_agent_serves_the_directory_again(rig):
+    """kill -9 of the standby's agent (systemd restarts it): the new agent detaches its dead predecessor's
+    mount (LIO's writes fail on that one: no PR-OUT is acknowledged that no agent saw) and serves the directory
+    LIO writes the PR state into again, with the files it kept under /run; PR-OUTs through it work again."""
+    from rigctl import agents
+
+    from tests.chaos.rigchaos import Cluster
+
+    agents.reset(rig)
+    agents.deploy(rig, agents.config_text(rig))
+    agents.start(rig)
+    cluster = Cluster(rig)
+    standby = cluster.peer(cluster.restore())
+    dev = prstorm.login(rig, {"hacpra": rig.topology.node_iqn(rig.topology.initiators[0])})
+    through = dev[("hacpra", prstorm.portal(rig, standby))]
+    rc, out = _sg(rig, f"sg_persist --out --register-ignore --param-sark={KEY_A:#x} {through}")
+    assert rc == 0, out
+    since = rig.ssh(standby, "date +%s", timeout=rig.scaled(30)).stdout.strip()
+    rig.kill_agent(standby)
+    mounted = ""
+    deadline = time.monotonic() + rig.scaled(120)
+    while time.monotonic() < deadline:
+        mounted = rig.ssh(standby, f"journalctl -u hacontrol.service --since @{since} -o cat | grep -c "
+                                   "-e lio_pr_store_mounted -e lio_pr_store_unavailable", timeout=rig.scaled(30)
+                          ).stdout.strip()
+        if mounted == "1":
+            break
+        time.sleep(1.0)
+    journal = rig.ssh(standby, f"journalctl -u hacontrol.service --since @{since} -o cat | grep lio_pr_store",
+                      timeout=rig.scaled(30)).stdout
+    assert "lio_pr_store_mounted" in journal and "unavailable" not in journal, journal
+    stack = rig.ssh(standby, "grep -e hacontrol-pr /proc/1/mountinfo | awk '{print $(NF-1)}'",
+                    timeout=rig.scaled(30)).stdout.split()
+    assert stack == ["hacontrol-pr-base", "hacontrol-pr"], stack  # the base, and one live mount: the dead one gone
+    rc, out = _sg(rig, f"sg_persist --out --register-ignore --param-sark={KEY_B:#x} {through}")
+    assert rc == 0, out
+    assert KEY_B in _keys(rig, through)
+    prstorm.unregister(rig, [through])
+    _initiator(rig, prstorm.LOGOUT, check=False)

@@ -140,8 +140,10 @@ def test_a_finished_file_is_published_first_only_while_this_controller_serves_un
     assert calls == [(5, {"ds01": text})] and port.reservations_sync_report()["synchronous"] is True
 
 
-def test_without_fuse_the_agent_goes_on_reading_the_files_and_says_so(lio, devices, capsys):
+def test_without_fuse_the_agent_goes_on_reading_the_files_and_says_so(lio, devices):
     from types import SimpleNamespace
+
+    from structlog.testing import capture_logs
 
     from hacontrol.adapters.lio.prstore import StoreError
     from hacontrol.agent.build import serve_reservation_files
@@ -156,9 +158,10 @@ def test_without_fuse_the_agent_goes_on_reading_the_files_and_says_so(lio, devic
     port.serve_reservation_files = no_fuse
     ctl = SimpleNamespace(extras={"target": port}, coordinator=SimpleNamespace(publish_reservations=None),
                           node="ctrl-a")
-    assert serve_reservation_files(cfg, ctl) is None
+    with capture_logs() as logs:
+        assert serve_reservation_files(cfg, ctl) is None
     assert seen == [(min(1.0, cfg.timing.session_timeout_s / 4), "ctrl-a.pr")]
-    assert "lio_pr_store_unavailable" in capsys.readouterr().out
+    assert [e["event"] for e in logs] == ["lio_pr_store_unavailable"]
     assert port.reservations_sync_report()["served"] is False
     assert serve_reservation_files(cfg, SimpleNamespace(extras={"target": object()})) is None  # tgt: none
 

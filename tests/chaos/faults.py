@@ -266,7 +266,7 @@ def lossy_zk(c: Ctx, m: Mark) -> None:
 
 
 def pr_storm(how: str) -> Callable[[Ctx, Mark], None]:
-    """A guest cluster changing its reservation key as fast as it can through the active when the active dies
+    """A guest cluster changing its reservation key over and over through the active when the active dies
     (``how``: its agent killed, or the VM powered off): no change the initiator saw acknowledged may be missing
     on the new active (tests/chaos/prstorm.py). The storm registers only (no reservation), so the probe's
     writes go on as in any failover."""

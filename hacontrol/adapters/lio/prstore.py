@@ -17,8 +17,8 @@ The files are kept in memory and copied to ``backing`` (a directory under /run: 
 not a reboot, as LIO's own state does). Only what LIO needs is served: one flat directory of regular files
 (lookup, create, open with O_TRUNC, write, read, truncate, unlink, rename, readdir, statfs).
 
-The kernel protocol is include/uapi/linux/fuse.h (protocol 7, structures as of minor 31); the mount is the
-mount(2) call fusermount makes, done here directly (the agent runs as root).
+The kernel protocol is include/uapi/linux/fuse.h (protocol 7, structures as of minor 31); the mount is done
+with mount(8) and the options fusermount would pass (the agent runs as root).
 """
 
 from __future__ import annotations
@@ -70,7 +70,6 @@ DIRENT = struct.Struct("<QQII")
 FATTR_SIZE = 1 << 3
 FUSE_ATOMIC_O_TRUNC, FUSE_BIG_WRITES = 1 << 3, 1 << 5
 FOPEN_DIRECT_IO = 1
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 
 
 class StoreError(Exception):
@@ -81,7 +80,8 @@ def host_namespace() -> list[str]:
     """The prefix that runs a command in the mount namespace LIO resolves ``<dbroot>/pr`` in: the kernel's
     threads use PID 1's. [] when this process is in it already; under systemd's sandboxing (ProtectSystem= and
     the like give the unit a namespace of its own, whose mounts do not reach PID 1's) nsenter(1) enters it,
-    which needs CAP_SYS_ADMIN and CAP_SYS_CHROOT and a unit that does not forbid setns into a mount namespace."""
+    which needs CAP_SYS_PTRACE (to open /proc/1/ns/mnt), CAP_SYS_CHROOT and CAP_SYS_ADMIN, and a unit that
+    allows setns into a mount namespace."""
     try:
         if os.readlink("/proc/self/ns/mnt") == os.readlink("/proc/1/ns/mnt"):
             return []
@@ -113,12 +113,9 @@ def _run(argv: list[str], what: str, fds: tuple[int, ...] = ()) -> None:
         raise StoreError(f"{what}: {' '.join(argv)}: {(done.stderr or done.stdout).strip()}")
 
 
-def _mount(source: str, target: str, fstype: str, flags: int, data: str, *, enter: list[str],
-           fds: tuple[int, ...] = ()) -> None:
+def _mount(source: str, target: str, fstype: str, opts: str, *, enter: list[str], fds: tuple[int, ...] = ()) -> None:
     """mount(8) without helpers (in PID 1's namespace when ``enter`` says so); a FUSE mount's ``fd=N`` names
     the agent's /dev/fuse descriptor, passed on to mount(8) under the same number."""
-    opts = ",".join([*(name for bit, name in ((MS_RDONLY, "ro"), (MS_NOSUID, "nosuid"), (MS_NODEV, "nodev"),
-                                              (MS_NOEXEC, "noexec")) if flags & bit), data])
     _run([*enter, "mount", "-i", "-n", "-t", fstype, "-o", opts, source, target], f"mount {fstype}", fds)
 
 
@@ -196,11 +193,10 @@ class PrStore:
         try:
             stack = mounts_at(target, where)
             if not stack or stack[-1] != ("tmpfs", BASE_SOURCE):
-                _mount(BASE_SOURCE, target, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
-                       "size=4k,mode=0700", enter=enter)
+                _mount(BASE_SOURCE, target, "tmpfs", "ro,nosuid,nodev,noexec,size=4k,mode=0700", enter=enter)
             self._load_backing()
-            _mount(FUSE_SOURCE, target, FSTYPE, MS_NOSUID | MS_NODEV | MS_NOEXEC,
-                   f"fd={fd},rootmode=40000,user_id=0,group_id=0,allow_other", enter=enter, fds=(fd,))
+            _mount(FUSE_SOURCE, target, FSTYPE, f"nosuid,nodev,noexec,fd={fd},rootmode=40000,user_id=0,group_id=0,"
+                   "allow_other", enter=enter, fds=(fd,))
         except (StoreError, OSError):
             os.close(fd)
             raise
@@ -261,7 +257,7 @@ class PrStore:
                 raise OSError(errno.EPROTO, "FUSE protocol")
             return INIT_OUT.pack(7, min(minor, 31), readahead, FUSE_ATOMIC_O_TRUNC | FUSE_BIG_WRITES, 16, 12,
                                  MAX_WRITE, 1, 0, 0, 0, *([0] * 7))
-        if opcode in (DESTROY, ACCESS, FSYNC, FSYNCDIR, RELEASEDIR, RELEASE):
+        if opcode in (DESTROY, ACCESS, FSYNC, FSYNCDIR, FLUSH, RELEASEDIR, RELEASE):
             return b""
         if opcode in REFUSED:
             raise OSError(errno.EPERM, "not supported")
@@ -272,13 +268,13 @@ class PrStore:
                 return ATTR_OUT.pack(0, 0, 0) + self._attr(node)
             if opcode == SETATTR:
                 return self._setattr(node, body)
-            if opcode in (OPEN, OPENDIR):
-                flags = struct.unpack_from("<I", body)[0]
-                if opcode == OPEN:
-                    name = self._name_of(node)
-                    if flags & os.O_TRUNC:
-                        self._files[name] = bytearray()
-                return OPEN_OUT.pack(0, FOPEN_DIRECT_IO if opcode == OPEN else 0, 0)
+            if opcode == OPENDIR:
+                return OPEN_OUT.pack(0, 0, 0)
+            if opcode == OPEN:
+                name = self._name_of(node)
+                if struct.unpack_from("<I", body)[0] & os.O_TRUNC:  # FUSE_ATOMIC_O_TRUNC: LIO opens with it
+                    self._files[name] = bytearray()
+                return OPEN_OUT.pack(0, FOPEN_DIRECT_IO, 0)
             if opcode == CREATE:
                 name = _name(body[16:])
                 if name not in self._files:
@@ -298,8 +294,6 @@ class PrStore:
                 return self._rename(opcode, body)
             if opcode == STATFS:
                 return STATFS_OUT.pack(1024, 1024, 1024, 1024, 1024, 4096, 255, 4096, 0, *([0] * 6))
-            if opcode == FLUSH:
-                return b""
         if opcode == WRITE:
             return self._write(node, body)
         raise OSError(errno.ENOSYS, "not implemented")

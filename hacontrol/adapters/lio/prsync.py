@@ -68,8 +68,7 @@ class PrSync:
         self._tracked: tuple[list[Path], dict[str, str]] | None = None
         self._lock = threading.Lock()  # _published: the tick and the store's thread both write it
         self.store: PrStore | None = None  # the directory served by this agent (serve_files), or None: read it
-        self.sync_epoch: int | None = None  # the epoch loaded: while serving, a PR-OUT is published under it first
-        self.serving = False  # this controller's own ports are Active/Optimized (LioPort: every tick and set_alua)
+        self.serving = False  # own ports Active/Optimized (LioPort: every tick, set_alua): publish first then
         self._publish: Callable[[int, dict[str, str], float], None] | None = None
         self._sync_budget_s = 2.0
         self._moved_logged = False
@@ -89,9 +88,8 @@ class PrSync:
         """LIO finished writing ``name`` (a PR-OUT waits for this). On the serving active the state is published
         first; raising fails the write, and LIO fails the PR-OUT instead of acknowledging it. On a standby the
         file stays here (its own Standby-path registrations: ``reservations.merge`` at a takeover)."""
-        epoch, publish, tracked = self.sync_epoch, self._publish, self._tracked
-        if not self.serving or epoch is None or publish is None or tracked is None \
-                or not name.startswith(pr.APTPL_PREFIX):
+        epoch, publish, tracked = self.loaded_epoch, self._publish, self._tracked
+        if not self.serving or not epoch or publish is None or tracked is None or not name.startswith(pr.APTPL_PREFIX):
             return
         # Only what the tick thread left here: this runs while LIO, possibly inside a configfs operation of the
         # tick thread, waits for the answer, so it must not touch configfs itself (it could wait on that thread).
@@ -109,25 +107,24 @@ class PrSync:
         log.info("lio_pr_out_published", node=self.node, lun=lun, epoch=epoch,
                  ms=round(1000 * (time.monotonic() - started), 1))
 
-    def served(self) -> bool:
-        """Whether LIO writes into the directory this agent serves: dbroot can still move (rtslib-fb sets its
+    def served_store(self) -> PrStore | None:
+        """The directory this agent serves, if LIO writes into it: dbroot can still move (rtslib-fb sets its
         own) until the first storage object exists, after the agent mounted."""
-        if self.store is None:
-            return False
-        if self.store.mountpoint != self.pr_dir():
+        store = self.store
+        if store is not None and store.mountpoint != self.pr_dir():
             if not self._moved_logged:
                 self._moved_logged = True
-                log.error("lio_pr_store_not_where_lio_writes", served=str(self.store.mountpoint),
+                log.error("lio_pr_store_not_where_lio_writes", served=str(store.mountpoint),
                           lio=str(self.pr_dir()), detail="restart the agent (it serves where dbroot is then)")
-            return False
-        return True
+            return None
+        return store
 
     def set_serving(self, serving: bool) -> None:
         """Whether this controller's own ports serve (Active/Optimized). Stepping down makes its PR-OUTs a
         standby's (kept here); serving again under the epoch it loaded (a lease that lapsed and came back)
         publishes them first again."""
-        if serving != self.serving and self.sync_epoch is not None:
-            log.info("lio_reservations_sync", node=self.node, epoch=self.sync_epoch, on=serving)
+        if serving != self.serving and self.loaded_epoch:
+            log.info("lio_reservations_sync", node=self.node, epoch=self.loaded_epoch, on=serving)
         self.serving = serving
 
     # -- reading --------------------------------------------------------------------------------------------------
@@ -154,23 +151,19 @@ class PrSync:
         """Every tracked LUN's APTPL file as LIO last wrote it ("" when it wrote none): one directory listing,
         and a read of each file there is (only LUNs whose initiators ever sent a PR-OUT have one); from memory
         when this agent serves the directory."""
-        local = {}
-        if self.store is not None and self.served():
-            files = self.store.files()
-            for lun, serial in self.tracked().items():
-                local[lun] = files.get(f"{pr.APTPL_PREFIX}{serial}", "")
-            self._local = local
-            return local
+        names = {lun: f"{pr.APTPL_PREFIX}{serial}" for lun, serial in self.tracked().items()}
+        store = self.served_store()
+        files = store.files() if store is not None else self._read_dir(set(names.values()))
+        self._local = {lun: files.get(name, "") for lun, name in names.items()}
+        return self._local
+
+    def _read_dir(self, wanted: set[str]) -> dict[str, str]:
         base = self.pr_dir()
         try:
             present = set(os.listdir(base))
-        except OSError:
+        except OSError:  # no directory yet, or a dead agent's mount (ENOTCONN)
             present = set()
-        for lun, serial in self.tracked().items():
-            name = f"{pr.APTPL_PREFIX}{serial}"
-            local[lun] = read_text(str(base / name)) if name in present else ""
-        self._local = local
-        return local
+        return {name: read_text(str(base / name)) for name in wanted & present}
 
     def unpublished(self) -> bool:
         return bool(self.to_publish())
@@ -194,7 +187,7 @@ class PrSync:
         configured = [lun.name for t in self.cfg.targets for lun in t.luns]
         tracked = self.tracked()
         return {"loaded_epoch": self.loaded_epoch, "unpublished": sorted(self.to_publish()),
-                "served": self.served(), "synchronous": self.serving and self.sync_epoch is not None,
+                "served": self.served_store() is not None, "synchronous": self.serving and bool(self.loaded_epoch),
                 "not_loaded": dict(self.not_loaded),
                 "untracked": [lun for lun in configured if lun not in tracked]}
 
@@ -204,13 +197,11 @@ class PrSync:
              deadline: float) -> str:
         """Make LIO here hold what ZooKeeper holds, LUN by LUN, where it differs. A LUN that fails is logged and
         left out of publishing for this epoch; the others go on (a takeover is not held up by one LUN)."""
-        self.sync_epoch = None  # the re-export below may make LIO write files: none of them waits for ZooKeeper
         with self._lock:
             self._published = {}
         self.not_loaded = {}
         if keep_local:
             self._set_loaded(epoch)
-            self.sync_epoch = epoch
             return "kept this controller's reservations (it served under this epoch already)"
         local = self.read_local()
         todo: dict[str, tuple[dict[str, str], ...]] = {}
@@ -232,7 +223,6 @@ class PrSync:
         for lun in self.not_loaded:
             log.error("lio_reservations_not_loaded", node=self.node, lun=lun, why=self.not_loaded[lun])
         self._set_loaded(epoch)
-        self.sync_epoch = epoch
         loaded = sorted(set(todo) - set(self.not_loaded))
         log.info("lio_reservations_loaded", node=self.node, epoch=epoch, luns=loaded,
                  registrations={lun: len(todo[lun]) for lun in loaded})
@@ -256,8 +246,9 @@ class PrSync:
                 with open(path / "pr" / "res_aptpl_metadata", "w") as f:
                     f.write(line)
             name = f"{pr.APTPL_PREFIX}{so.serial}"
-            if self.store is not None:
-                self.store.put(name, pr.render_aptpl(blocks))
+            store = self.served_store()
+            if store is not None:
+                store.put(name, pr.render_aptpl(blocks))
             else:
                 (self.pr_dir() / name).write_text(pr.render_aptpl(blocks))
         except (OSError, ValueError, AdapterError) as exc:
